@@ -1,0 +1,148 @@
+//! The plugin's shared state: configuration from SetConfig, the task table, the eBPF probes and
+//! the task-event bus. One `Runtime` per plugin process, shared by every gRPC service.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use bpfexec_proto::{base, drivers};
+use tokio::sync::broadcast;
+
+use crate::cgroups::{self, CgroupMode};
+use crate::config::plugin::PluginConfig;
+use crate::errors::DriverError;
+use crate::probes::ProbeSet;
+use crate::tasks::{StartContext, TaskManager};
+
+/// CPU capacity figures used to express usage in MHz, from Nomad's client topology.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Compute {
+    pub mhz_per_core: f64,
+}
+
+impl Compute {
+    /// TotalCompute / NumCores as Nomad computes them (`override_total_compute` wins).
+    pub fn from_topology(topology: Option<&base::ClientTopology>) -> Self {
+        let Some(t) = topology else { return Self { mhz_per_core: 0.0 } };
+        let cores = t.cores.len().max(1) as f64;
+        let total = if t.override_total_compute > 0 {
+            t.override_total_compute as f64
+        } else {
+            t.cores
+                .iter()
+                .map(|c| [c.base_speed, c.max_speed, c.guess_speed].into_iter().find(|s| *s > 0).unwrap_or(0) as f64)
+                .sum()
+        };
+        Self { mhz_per_core: total / cores }
+    }
+}
+
+/// Where the eBPF probes are.
+pub enum ProbeState {
+    NotLoaded,
+    Loaded(ProbeSet),
+    Failed(String),
+}
+
+#[derive(Clone)]
+pub struct Configured {
+    pub plugin: PluginConfig,
+    pub start: StartContext,
+    pub compute: Compute,
+}
+
+pub struct Runtime {
+    pub tasks: TaskManager,
+    pub events: broadcast::Sender<drivers::DriverTaskEvent>,
+    configured: RwLock<Option<Configured>>,
+    probes: tokio::sync::RwLock<ProbeState>,
+    pub cgroup_mode: Option<CgroupMode>,
+}
+
+impl Runtime {
+    pub fn new() -> Arc<Self> {
+        let (events, _) = broadcast::channel(256);
+        Arc::new(Self {
+            tasks: TaskManager::default(),
+            events,
+            configured: RwLock::new(None),
+            probes: tokio::sync::RwLock::new(ProbeState::NotLoaded),
+            cgroup_mode: cgroups::detect_mode(std::path::Path::new(cgroups::DEFAULT_ROOT)).ok(),
+        })
+    }
+
+    pub fn configured(&self) -> Result<Configured, DriverError> {
+        self.configured.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone().ok_or(DriverError::NotConfigured)
+    }
+
+    /// SetConfig from the real agent (with `nomad_config`): remember it and load the probes.
+    /// Calls without `nomad_config` (Nomad's validation launches) only validate.
+    pub async fn configure(&self, plugin: PluginConfig, nomad: Option<&base::NomadConfig>) -> Result<(), DriverError> {
+        let Some(nomad) = nomad else { return Ok(()) };
+        let compute = Compute::from_topology(nomad.driver.as_ref().and_then(|d| d.topology.as_ref()));
+        let start = StartContext {
+            state_dir: plugin.state_dir.clone(),
+            cgroup_mode: self.cgroup_mode,
+            cgroup_root: PathBuf::from(cgroups::DEFAULT_ROOT),
+        };
+        *self.configured.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Configured { plugin, start, compute });
+        self.load_probes().await;
+        Ok(())
+    }
+
+    async fn load_probes(&self) {
+        let mut probes = self.probes.write().await;
+        if matches!(*probes, ProbeState::Loaded(_)) {
+            return;
+        }
+        *probes = match ProbeSet::load() {
+            Ok(set) => {
+                tracing::info!(attached = ?set.attached(), "eBPF probes loaded");
+                ProbeState::Loaded(set)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "eBPF probes failed to load; tasks still run, without kernel observation");
+                ProbeState::Failed(e.to_string())
+            }
+        };
+    }
+
+    /// A summary of the probes for the fingerprint: (status word, attached list, error).
+    pub async fn probe_summary(&self) -> (String, String, Option<String>) {
+        match &*self.probes.read().await {
+            ProbeState::NotLoaded => ("not_loaded".into(), String::new(), None),
+            ProbeState::Loaded(set) => ("loaded".into(), set.attached().join(","), None),
+            ProbeState::Failed(e) => ("failed".into(), String::new(), Some(e.clone())),
+        }
+    }
+
+    /// Publishes a task event to Nomad's TaskEvents stream.
+    pub fn emit(&self, task: &drivers::TaskConfig, message: String, annotations: Vec<(&str, String)>) {
+        let event = drivers::DriverTaskEvent {
+            task_id: task.id.clone(),
+            alloc_id: task.alloc_id.clone(),
+            task_name: task.name.clone(),
+            timestamp: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+            message,
+            annotations: annotations.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        };
+        let _ = self.events.send(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn core(base: u64, max: u64, guess: u64) -> base::ClientTopologyCore {
+        base::ClientTopologyCore { base_speed: base, max_speed: max, guess_speed: guess, ..Default::default() }
+    }
+
+    #[test]
+    fn compute_follows_nomad_core_speed_rules() {
+        let t = base::ClientTopology { cores: vec![core(2000, 3000, 0), core(0, 3000, 1000), core(0, 0, 1000)], ..Default::default() };
+        assert!((Compute::from_topology(Some(&t)).mhz_per_core - 2000.0).abs() < 1e-9);
+        let o = base::ClientTopology { cores: vec![core(1, 0, 0), core(1, 0, 0)], override_total_compute: 5000, ..Default::default() };
+        assert!((Compute::from_topology(Some(&o)).mhz_per_core - 2500.0).abs() < 1e-9);
+        assert!(Compute::from_topology(None).mhz_per_core.abs() < 1e-9);
+    }
+}

@@ -1,0 +1,123 @@
+//! Files a task's supervisor shares with the plugin under `<state_dir>/tasks/<task>/`: the launch
+//! spec the plugin writes, and the exit record the supervisor writes. Both survive the plugin
+//! process, which is what lets a restarted plugin recover a task and its true exit status.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde::de::DeserializeOwned;
+
+pub const SPEC_FILE: &str = "spec.json";
+pub const EXIT_FILE: &str = "exit.json";
+pub const LOG_FILE: &str = "supervisor.log";
+
+/// First (and only) line a supervisor writes on its stdout, read by the plugin's StartTask.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartReport {
+    Started { pid: u32, start_time: u64 },
+    Failed { error: String },
+}
+
+/// How the task's main process ended, as recorded by its supervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    /// Exit code; for a signal death `128 + signal`, like Nomad's exec driver.
+    pub exit_code: i32,
+    /// Terminating signal, 0 when the process exited normally.
+    pub signal: i32,
+    pub core_dumped: bool,
+    /// Wall-clock time of the exit, milliseconds since the Unix epoch.
+    pub finished_at_ms: u64,
+}
+
+impl ExitRecord {
+    pub fn from_status(status: std::process::ExitStatus, finished_at_ms: u64) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        match (status.code(), status.signal()) {
+            (Some(code), _) => Self { exit_code: code, signal: 0, core_dumped: false, finished_at_ms },
+            (None, Some(sig)) => Self {
+                exit_code: 128 + sig,
+                signal: sig,
+                core_dumped: status.core_dumped(),
+                finished_at_ms,
+            },
+            (None, None) => Self { exit_code: -1, signal: 0, core_dumped: false, finished_at_ms },
+        }
+    }
+}
+
+/// Directory holding one task's supervisor files.
+pub fn task_state_dir(state_dir: &Path, task_id: &str) -> PathBuf {
+    state_dir.join("tasks").join(sanitize(task_id))
+}
+
+/// Turns a Nomad task id (`<alloc>/<task>/<invocation>`) into one safe path component.
+pub fn sanitize(task_id: &str) -> String {
+    task_id
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_') { c } else { '_' })
+        .collect()
+}
+
+/// Writes `value` as JSON to `dir/name` atomically (temp file, fsync, rename).
+pub fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let data = serde_json::to_vec(value).map_err(io::Error::other)?;
+    let mut file = fs::File::create(&tmp)?;
+    file.write_all(&data)?;
+    file.sync_all()?;
+    fs::rename(&tmp, dir.join(name))
+}
+
+/// Reads `dir/name` as JSON; `Ok(None)` when the file does not exist.
+pub fn read_json<T: DeserializeOwned>(dir: &Path, name: &str) -> io::Result<Option<T>> {
+    match fs::read(dir.join(name)) {
+        Ok(data) => serde_json::from_slice(&data).map(Some).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", dir.join(name).display()))
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
+
+    #[test]
+    fn exit_status_mapping_follows_exec_conventions() {
+        let exited = ExitRecord::from_status(ExitStatus::from_raw(3 << 8), 1);
+        assert_eq!((exited.exit_code, exited.signal), (3, 0));
+        let killed = ExitRecord::from_status(ExitStatus::from_raw(9), 1);
+        assert_eq!((killed.exit_code, killed.signal, killed.core_dumped), (137, 9, false));
+        let cored = ExitRecord::from_status(ExitStatus::from_raw(11 | 0x80), 1);
+        assert_eq!((cored.exit_code, cored.signal, cored.core_dumped), (139, 11, true));
+    }
+
+    #[test]
+    fn json_round_trip_and_missing_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rec = ExitRecord { exit_code: 7, signal: 0, core_dumped: false, finished_at_ms: 42 };
+        write_json(dir.path(), EXIT_FILE, &rec).expect("write");
+        assert_eq!(read_json::<ExitRecord>(dir.path(), EXIT_FILE).expect("read"), Some(rec));
+        assert_eq!(read_json::<ExitRecord>(dir.path(), "nope.json").expect("read"), None);
+    }
+
+    #[test]
+    fn task_ids_become_one_path_component() {
+        assert_eq!(sanitize("4f1c/web server/abcd1234"), "4f1c_web_server_abcd1234");
+        assert_eq!(sanitize("../x"), ".._x");
+    }
+}

@@ -1,0 +1,243 @@
+//! The tasks this plugin process knows: start, recover, wait, signal, stop and destroy, following
+//! Nomad's driver contract (plugins/drivers). Each task is owned by its own supervisor process;
+//! this table is only the plugin's view of them and can be rebuilt from `driver_state`.
+
+pub mod launch;
+pub mod state;
+mod stop;
+mod watch;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bpfexec_proto::drivers;
+use tokio::sync::watch as tokio_watch;
+
+use crate::cgroups::{CgroupMode, TaskCgroups};
+use crate::config::task::TaskConfig;
+use crate::errors::DriverError;
+use crate::procfs::{self, PidFd};
+use crate::supervisor::record::{self, task_state_dir};
+use crate::supervisor::spec::LaunchSpec;
+use state::{DriverState, Outcome, STATE_VERSION};
+
+/// One task as the plugin sees it.
+pub struct Task {
+    pub config: drivers::TaskConfig,
+    pub state: DriverState,
+    /// The main process, while it may still be running (None once known gone).
+    main: Option<PidFd>,
+    exit: tokio_watch::Receiver<Option<Outcome>>,
+}
+
+impl Task {
+    pub fn outcome(&self) -> Option<Outcome> {
+        self.exit.borrow().clone()
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.exit.borrow().is_none()
+    }
+
+    /// Waits for the task to end.
+    pub async fn wait(&self) -> Outcome {
+        let mut rx = self.exit.clone();
+        loop {
+            if let Some(outcome) = rx.borrow_and_update().clone() {
+                return outcome;
+            }
+            if rx.changed().await.is_err() {
+                return Outcome::lost("the driver lost track of the task's supervisor".into());
+            }
+        }
+    }
+
+    /// Waits up to `limit`; true if the task ended.
+    pub async fn wait_for(&self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, self.wait()).await.is_ok()
+    }
+
+    /// Sends `signal` to the main process.
+    pub fn signal_main(&self, signal: i32) -> Result<bool, DriverError> {
+        match &self.main {
+            Some(fd) if self.is_running() => fd
+                .send_signal(signal)
+                .map_err(|e| DriverError::io(format!("signalling pid {}", fd.pid()), e)),
+            _ => Ok(false),
+        }
+    }
+
+    /// Pids that belong to the task now: its cgroup's members, or its process group's.
+    pub fn pids(&self) -> Vec<u32> {
+        let from_cgroup = self.state.cgroups.as_ref().map(TaskCgroups::pids).unwrap_or_default();
+        if from_cgroup.is_empty() && self.is_running() { procfs::group_members(self.state.pid) } else { from_cgroup }
+    }
+}
+
+/// What the plugin needs from its configuration to start tasks.
+#[derive(Debug, Clone)]
+pub struct StartContext {
+    pub state_dir: PathBuf,
+    pub cgroup_mode: Option<CgroupMode>,
+    pub cgroup_root: PathBuf,
+}
+
+#[derive(Default)]
+pub struct TaskManager {
+    tasks: Mutex<HashMap<String, Arc<Task>>>,
+}
+
+impl TaskManager {
+    fn table(&self) -> MutexGuard<'_, HashMap<String, Arc<Task>>> {
+        self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn get(&self, id: &str) -> Result<Arc<Task>, DriverError> {
+        self.table().get(id).cloned().ok_or_else(|| DriverError::NotFound(id.to_owned()))
+    }
+
+    pub fn all(&self) -> Vec<Arc<Task>> {
+        self.table().values().cloned().collect()
+    }
+
+    /// StartTask: launches the supervisor and returns the state to put in the handle.
+    pub async fn start(&self, ctx: &StartContext, cfg: drivers::TaskConfig) -> Result<DriverState, DriverError> {
+        if let Ok(existing) = self.get(&cfg.id) {
+            return Ok(existing.state.clone());
+        }
+        let task_cfg = TaskConfig::decode(&cfg.msgpack_driver_config)?;
+        let env: std::collections::BTreeMap<String, String> = cfg.env.clone().into_iter().collect();
+        let task_dir = Path::new(&cfg.alloc_dir).join(&cfg.name);
+        let program = launch::resolve_program(&cfg.id, &task_cfg.command, &task_dir, &env)?;
+        let cgroups = ctx.cgroup_mode.and_then(|mode| {
+            let cpuset = cfg.resources.as_ref()?.linux_resources.as_ref()?.cpuset_cgroup.clone();
+            TaskCgroups::for_task(mode, &ctx.cgroup_root, &cpuset, &cfg.alloc_id, &cfg.name)
+        });
+        let spec = LaunchSpec {
+            task_id: cfg.id.clone(),
+            program,
+            argv0: task_cfg.command.clone(),
+            args: task_cfg.args.clone(),
+            env,
+            cwd: if task_dir.is_dir() { task_dir } else { PathBuf::from("/") },
+            stdout_path: PathBuf::from(&cfg.stdout_path),
+            stderr_path: PathBuf::from(&cfg.stderr_path),
+            cgroup_procs: cgroups.as_ref().map(TaskCgroups::procs_files).unwrap_or_default(),
+        };
+        let dir = task_state_dir(&ctx.state_dir, &cfg.id);
+        let launched = match launch::launch(&dir, &spec).await {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        let supervisor_start_time = procfs::start_time(launched.supervisor_pid).unwrap_or(0);
+        let state = DriverState {
+            version: STATE_VERSION,
+            task_id: cfg.id.clone(),
+            dir: dir.clone(),
+            supervisor_pid: launched.supervisor_pid,
+            supervisor_start_time,
+            pid: launched.pid,
+            start_time: launched.start_time,
+            started_at_ms: record::now_ms(),
+            cgroups,
+        };
+        let supervisor_fd = PidFd::open(launched.supervisor_pid, None)
+            .map_err(|e| DriverError::io("opening a pidfd for the supervisor", e))?;
+        // The plugin is the supervisor's parent while it lives: reap it when it ends.
+        let mut child = launched.supervisor;
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        let main = PidFd::open(launched.pid, Some(launched.start_time)).ok();
+        self.insert(cfg, state.clone(), supervisor_fd, main);
+        tracing::info!(task_id = %state.task_id, pid = state.pid, supervisor = state.supervisor_pid, "task started");
+        Ok(state)
+    }
+
+    fn insert(&self, config: drivers::TaskConfig, state: DriverState, supervisor: PidFd, main: Option<PidFd>) {
+        let (tx, rx) = tokio_watch::channel(None);
+        watch::spawn(supervisor, state.dir.clone(), tx);
+        let task = Arc::new(Task { config, state, main, exit: rx });
+        self.table().insert(task.state.task_id.clone(), task);
+    }
+
+    fn insert_exited(&self, config: drivers::TaskConfig, state: DriverState, outcome: Outcome) {
+        let (_tx, rx) = tokio_watch::channel(Some(outcome));
+        let task = Arc::new(Task { config, state, main: None, exit: rx });
+        self.table().insert(task.state.task_id.clone(), task);
+    }
+
+    /// RecoverTask: re-attaches to a task from its handle; idempotent.
+    pub fn recover(&self, handle: &drivers::TaskHandle) -> Result<(), DriverError> {
+        let config = handle.config.clone().unwrap_or_default();
+        let state = DriverState::decode(&handle.driver_state)
+            .map_err(|reason| DriverError::Recover { task: config.id.clone(), reason })?;
+        let id = if config.id.is_empty() { state.task_id.clone() } else { config.id.clone() };
+        if self.get(&id).is_ok() {
+            return Ok(());
+        }
+        let recover_err = |reason: String| DriverError::Recover { task: id.clone(), reason };
+        match PidFd::open(state.supervisor_pid, Some(state.supervisor_start_time)) {
+            Ok(supervisor) => {
+                let main = PidFd::open(state.pid, Some(state.start_time)).ok();
+                tracing::info!(task_id = %id, pid = state.pid, "recovered running task");
+                self.insert(config, state, supervisor, main);
+                Ok(())
+            }
+            Err(_) => match watch::read_outcome(&state.dir).map_err(recover_err)? {
+                Some(outcome) => {
+                    tracing::info!(task_id = %id, exit_code = outcome.exit_code, "recovered task that exited while the plugin was away");
+                    self.insert_exited(config, state, outcome);
+                    Ok(())
+                }
+                None => Err(recover_err(format!(
+                    "its supervisor (pid {}) is gone and left no exit record in {}",
+                    state.supervisor_pid,
+                    state.dir.display()
+                ))),
+            },
+        }
+    }
+
+    /// StopTask: `signal`, then after `timeout` SIGKILL to everything in the task.
+    pub async fn stop(&self, id: &str, timeout: Duration, signal: i32) -> Result<(), DriverError> {
+        let task = self.get(id)?;
+        stop::stop(&task, timeout, signal).await
+    }
+
+    /// SignalTask: the signal goes to the task's main process.
+    pub fn signal(&self, id: &str, signal: i32) -> Result<(), DriverError> {
+        let task = self.get(id)?;
+        if !task.is_running() {
+            return Err(DriverError::Exited(id.to_owned()));
+        }
+        task.signal_main(signal)?;
+        Ok(())
+    }
+
+    /// DestroyTask: forget the task and remove its state; with `force`, kill it first.
+    pub async fn destroy(&self, id: &str, force: bool) -> Result<(), DriverError> {
+        let Ok(task) = self.get(id) else { return Ok(()) };
+        if task.is_running() {
+            if !force {
+                return Err(DriverError::StillRunning { task: id.to_owned(), hint: "stop it first or destroy with force" });
+            }
+            stop::kill_everything(&task).await;
+            if !task.wait_for(Duration::from_secs(10)).await {
+                return Err(DriverError::StillRunning { task: id.to_owned(), hint: "it survived SIGKILL for 10s" });
+            }
+        }
+        self.table().remove(id);
+        if let Err(e) = std::fs::remove_dir_all(&task.state.dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(task_id = id, error = %e, "could not remove the task's state directory");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,100 @@
+//! What the driver stores in Nomad's `TaskHandle.driver_state` (opaque JSON to Nomad) so a new
+//! plugin process can find a task again, and how a task ended.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cgroups::TaskCgroups;
+use crate::supervisor::record::ExitRecord;
+
+pub const STATE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriverState {
+    pub version: u32,
+    pub task_id: String,
+    /// `<state_dir>/tasks/<task>`: spec, exit record and supervisor log.
+    pub dir: PathBuf,
+    pub supervisor_pid: u32,
+    pub supervisor_start_time: u64,
+    /// The task's main process (also its process-group id).
+    pub pid: u32,
+    pub start_time: u64,
+    pub started_at_ms: u64,
+    pub cgroups: Option<TaskCgroups>,
+}
+
+impl DriverState {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        if bytes.is_empty() {
+            return Err("the task handle carries no driver state".into());
+        }
+        let st: Self = serde_json::from_slice(bytes).map_err(|e| format!("driver state is not ours: {e}"))?;
+        if st.version != STATE_VERSION {
+            return Err(format!("driver state version {} is not supported (want {STATE_VERSION})", st.version));
+        }
+        Ok(st)
+    }
+}
+
+/// How a task ended, as reported to Nomad in `WaitTask`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub exit_code: i32,
+    pub signal: i32,
+    pub oom_killed: bool,
+    /// Set when the driver could not learn the true status (Nomad then treats the task as failed).
+    pub err: Option<String>,
+    pub finished_at_ms: u64,
+}
+
+impl From<ExitRecord> for Outcome {
+    fn from(r: ExitRecord) -> Self {
+        Self { exit_code: r.exit_code, signal: r.signal, oom_killed: false, err: None, finished_at_ms: r.finished_at_ms }
+    }
+}
+
+impl Outcome {
+    pub fn lost(reason: String) -> Self {
+        Self { exit_code: -1, signal: 0, oom_killed: false, err: Some(reason), finished_at_ms: crate::supervisor::record::now_ms() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> DriverState {
+        DriverState {
+            version: STATE_VERSION,
+            task_id: "a/t/1".into(),
+            dir: "/run/bpfexec/tasks/a_t_1".into(),
+            supervisor_pid: 10,
+            supervisor_start_time: 11,
+            pid: 12,
+            start_time: 13,
+            started_at_ms: 14,
+            cgroups: None,
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let st = sample();
+        assert_eq!(DriverState::decode(&st.encode()).expect("decode"), st);
+    }
+
+    #[test]
+    fn rejects_empty_foreign_and_future_state() {
+        assert!(DriverState::decode(b"").is_err());
+        assert!(DriverState::decode(b"\x81\xa1a\x01").is_err());
+        let mut st = sample();
+        st.version = 99;
+        assert!(DriverState::decode(&st.encode()).expect_err("future").contains("version 99"));
+    }
+}

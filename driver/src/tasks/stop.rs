@@ -1,0 +1,47 @@
+//! Stopping a task the way Nomad expects (plugins/drivers StopTask): the task's kill signal to the
+//! main process, a grace period of `kill_timeout`, then SIGKILL to the process group and to every
+//! process left in the task's cgroup, and block until the task is gone.
+
+use std::time::Duration;
+
+use super::Task;
+use crate::errors::DriverError;
+use crate::procfs;
+
+/// How long to wait after SIGKILL before reporting failure (exec waits 15 s too).
+const AFTER_KILL: Duration = Duration::from_secs(15);
+
+pub async fn stop(task: &Task, timeout: Duration, signal: i32) -> Result<(), DriverError> {
+    if !task.is_running() {
+        return Ok(());
+    }
+    if !timeout.is_zero() && signal != libc::SIGKILL {
+        task.signal_main(signal)?;
+        if task.wait_for(timeout).await {
+            return Ok(());
+        }
+        tracing::info!(task_id = %task.state.task_id, timeout_ms = timeout.as_millis() as u64, "kill_timeout expired; sending SIGKILL");
+    }
+    kill_everything(task).await;
+    if task.wait_for(AFTER_KILL).await {
+        Ok(())
+    } else {
+        Err(DriverError::StillRunning { task: task.state.task_id.clone(), hint: "it survived SIGKILL for 15s" })
+    }
+}
+
+/// SIGKILL to the main process, its process group and everything in the task's cgroup.
+pub async fn kill_everything(task: &Task) {
+    let _ = task.signal_main(libc::SIGKILL);
+    if task.main.is_some() {
+        let _ = procfs::signal_group(task.state.pid, libc::SIGKILL);
+    }
+    if let Some(cg) = task.state.cgroups.clone() {
+        let killed = tokio::task::spawn_blocking(move || crate::cgroups::kill_all(&cg)).await;
+        match killed {
+            Ok(Ok(n)) if n > 0 => tracing::info!(task_id = %task.state.task_id, processes = n, "killed processes left in the task cgroup"),
+            Ok(Err(e)) => tracing::warn!(task_id = %task.state.task_id, error = %e, "could not kill the task cgroup"),
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! Waiting for a supervisor to exit (through its pidfd, so it works for supervisors started by an
+//! earlier plugin process too) and turning its exit record into the task's outcome.
+
+use std::path::Path;
+
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::watch;
+
+use super::state::Outcome;
+use crate::procfs::PidFd;
+use crate::supervisor::record::{self, EXIT_FILE, ExitRecord};
+
+/// Reads the exit record a supervisor left, if any.
+pub fn read_outcome(dir: &Path) -> Result<Option<Outcome>, String> {
+    record::read_json::<ExitRecord>(dir, EXIT_FILE)
+        .map(|r| r.map(Outcome::from))
+        .map_err(|e| format!("cannot read the exit record: {e}"))
+}
+
+/// Resolves the task's outcome once the supervisor behind `pidfd` has exited.
+pub fn spawn(pidfd: PidFd, dir: std::path::PathBuf, tx: watch::Sender<Option<Outcome>>) {
+    tokio::spawn(async move {
+        let pid = pidfd.pid();
+        wait_exit(pidfd).await;
+        let outcome = match read_outcome(&dir) {
+            Ok(Some(outcome)) => outcome,
+            Ok(None) => Outcome::lost(format!(
+                "the task's supervisor (pid {pid}) ended without recording an exit status; see {}",
+                dir.join(record::LOG_FILE).display()
+            )),
+            Err(e) => Outcome::lost(e),
+        };
+        tracing::info!(pid, exit_code = outcome.exit_code, signal = outcome.signal, "task exited");
+        let _ = tx.send(Some(outcome));
+    });
+}
+
+/// Returns once the process behind `pidfd` has exited.
+async fn wait_exit(pidfd: PidFd) {
+    // SAFETY: the AsyncFd owns the PidFd, whose OwnedFd stays open (and refers to the same
+    // pidfd) for as long as the AsyncFd is registered.
+    let registered = unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) };
+    match registered {
+        Ok(fd) => loop {
+            let Ok(mut guard) = fd.readable().await else { break };
+            if guard.get_inner().has_exited() {
+                return;
+            }
+            guard.clear_ready();
+        },
+        Err(e) => {
+            let (pidfd, error) = e.into_parts();
+            tracing::warn!(%error, "cannot register the supervisor's pidfd; polling instead");
+            while !pidfd.has_exited() {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
