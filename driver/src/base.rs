@@ -26,7 +26,10 @@ impl BaseService {
 
 #[tonic::async_trait]
 impl BasePlugin for BaseService {
-    async fn plugin_info(&self, _: Request<base::PluginInfoRequest>) -> Result<Response<base::PluginInfoResponse>, Status> {
+    async fn plugin_info(
+        &self,
+        _: Request<base::PluginInfoRequest>,
+    ) -> Result<Response<base::PluginInfoResponse>, Status> {
         Ok(Response::new(base::PluginInfoResponse {
             r#type: base::PluginType::Driver as i32,
             plugin_api_versions: vec![DRIVER_API_VERSION.to_owned()],
@@ -35,11 +38,19 @@ impl BasePlugin for BaseService {
         }))
     }
 
-    async fn config_schema(&self, _: Request<base::ConfigSchemaRequest>) -> Result<Response<base::ConfigSchemaResponse>, Status> {
-        Ok(Response::new(base::ConfigSchemaResponse { spec: Some(schema::plugin_schema()) }))
+    async fn config_schema(
+        &self,
+        _: Request<base::ConfigSchemaRequest>,
+    ) -> Result<Response<base::ConfigSchemaResponse>, Status> {
+        Ok(Response::new(base::ConfigSchemaResponse {
+            spec: Some(schema::plugin_schema()),
+        }))
     }
 
-    async fn set_config(&self, req: Request<base::SetConfigRequest>) -> Result<Response<base::SetConfigResponse>, Status> {
+    async fn set_config(
+        &self,
+        req: Request<base::SetConfigRequest>,
+    ) -> Result<Response<base::SetConfigResponse>, Status> {
         let req = req.into_inner();
         let cfg = PluginConfig::decode(&req.msgpack_config).map_err(|e| {
             tracing::error!(error = %e, "rejected plugin configuration");

@@ -17,7 +17,11 @@ pub enum DriverError {
     #[error("the driver is not configured yet: Nomad has not called SetConfig")]
     NotConfigured,
     #[error("cannot start task {task}: {reason}")]
-    Start { task: String, reason: String, recoverable: bool },
+    Start {
+        task: String,
+        reason: String,
+        recoverable: bool,
+    },
     #[error("cannot recover task {task}: {reason}")]
     Recover { task: String, reason: String },
     #[error("task {task} is still running: {hint}")]
@@ -27,23 +31,30 @@ pub enum DriverError {
     #[error("unknown signal {0:?}: use a name such as SIGTERM, SIGHUP or SIGUSR1")]
     BadSignal(String),
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Unsupported(String),
 }
 
 impl DriverError {
     pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
-        Self::Io { what: what.into(), source }
+        Self::Io {
+            what: what.into(),
+            source,
+        }
     }
 
     fn code(&self) -> Code {
         match self {
             Self::Config(_) | Self::BadSignal(_) => Code::InvalidArgument,
             Self::NotFound(_) => Code::NotFound,
-            Self::NotConfigured | Self::Start { .. } | Self::StillRunning { .. } | Self::Exited(_) => {
-                Code::FailedPrecondition
-            }
+            Self::NotConfigured
+            | Self::Start { .. }
+            | Self::StillRunning { .. }
+            | Self::Exited(_) => Code::FailedPrecondition,
             Self::Recover { .. } | Self::Io { .. } => Code::Internal,
             Self::Unsupported(_) => Code::Unimplemented,
         }
@@ -54,7 +65,13 @@ impl From<DriverError> for Status {
     fn from(err: DriverError) -> Self {
         let code = err.code();
         let message = err.to_string();
-        if matches!(err, DriverError::Start { recoverable: true, .. }) {
+        if matches!(
+            err,
+            DriverError::Start {
+                recoverable: true,
+                ..
+            }
+        ) {
             recoverable_status(code, message)
         } else {
             Status::new(code, message)
@@ -65,10 +82,15 @@ impl From<DriverError> for Status {
 /// A status whose first detail is Nomad's `RecoverableError{recoverable: true}`.
 fn recoverable_status(code: Code, message: String) -> Status {
     let detail = prost_types::Any {
-        type_url: "type.googleapis.com/hashicorp.nomad.plugins.shared.structs.RecoverableError".into(),
+        type_url: "type.googleapis.com/hashicorp.nomad.plugins.shared.structs.RecoverableError"
+            .into(),
         value: structs::RecoverableError { recoverable: true }.encode_to_vec(),
     };
-    let rpc = google_rpc::Status { code: code as i32, message: message.clone(), details: vec![detail] };
+    let rpc = google_rpc::Status {
+        code: code as i32,
+        message: message.clone(),
+        details: vec![detail],
+    };
     Status::with_details(code, message, rpc.encode_to_vec().into())
 }
 
@@ -78,13 +100,22 @@ mod tests {
 
     #[test]
     fn recoverable_start_errors_carry_the_detail() {
-        let st: Status =
-            DriverError::Start { task: "t".into(), reason: "busy".into(), recoverable: true }.into();
+        let st: Status = DriverError::Start {
+            task: "t".into(),
+            reason: "busy".into(),
+            recoverable: true,
+        }
+        .into();
         assert_eq!(st.code(), Code::FailedPrecondition);
         let rpc = google_rpc::Status::decode(st.details()).expect("details decode");
         assert_eq!(rpc.details.len(), 1);
-        assert!(rpc.details[0].type_url.ends_with("shared.structs.RecoverableError"));
-        let inner = structs::RecoverableError::decode(rpc.details[0].value.as_slice()).expect("inner");
+        assert!(
+            rpc.details[0]
+                .type_url
+                .ends_with("shared.structs.RecoverableError")
+        );
+        let inner =
+            structs::RecoverableError::decode(rpc.details[0].value.as_slice()).expect("inner");
         assert!(inner.recoverable);
     }
 
@@ -93,8 +124,12 @@ mod tests {
         let st: Status = DriverError::NotFound("x".into()).into();
         assert_eq!(st.code(), Code::NotFound);
         assert!(st.details().is_empty());
-        let st: Status =
-            DriverError::Start { task: "t".into(), reason: "no such file".into(), recoverable: false }.into();
+        let st: Status = DriverError::Start {
+            task: "t".into(),
+            reason: "no such file".into(),
+            recoverable: false,
+        }
+        .into();
         assert_ne!(st.code(), Code::Unavailable);
         assert!(st.details().is_empty());
     }

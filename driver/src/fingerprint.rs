@@ -9,25 +9,48 @@ use bpfexec_proto::structs::{Attribute, attribute::Value};
 use crate::runtime::Runtime;
 
 fn string(s: impl Into<String>) -> Attribute {
-    Attribute { value: Some(Value::StringVal(s.into())), unit: String::new() }
+    Attribute {
+        value: Some(Value::StringVal(s.into())),
+        unit: String::new(),
+    }
 }
 
 /// Computes the current fingerprint.
 pub async fn current(rt: &Runtime) -> FingerprintResponse {
     let mut attrs = HashMap::new();
-    attrs.insert("driver.bpfexec".to_owned(), Attribute { value: Some(Value::BoolVal(true)), unit: String::new() });
-    attrs.insert("driver.bpfexec.version".to_owned(), string(env!("CARGO_PKG_VERSION")));
-    attrs.insert("driver.bpfexec.cgroup_mode".to_owned(), string(rt.cgroup_mode.map_or("none", |m| m.as_str())));
+    attrs.insert(
+        "driver.bpfexec".to_owned(),
+        Attribute {
+            value: Some(Value::BoolVal(true)),
+            unit: String::new(),
+        },
+    );
+    attrs.insert(
+        "driver.bpfexec.version".to_owned(),
+        string(env!("CARGO_PKG_VERSION")),
+    );
+    attrs.insert(
+        "driver.bpfexec.cgroup_mode".to_owned(),
+        string(rt.cgroup_mode.map_or("none", |m| m.as_str())),
+    );
     let (probes, attached, probe_error) = rt.probe_summary().await;
     attrs.insert("driver.bpfexec.probes".to_owned(), string(probes));
     if !attached.is_empty() {
-        attrs.insert("driver.bpfexec.probes.attached".to_owned(), string(attached));
+        attrs.insert(
+            "driver.bpfexec.probes.attached".to_owned(),
+            string(attached),
+        );
     }
     if let Some(e) = probe_error {
         attrs.insert("driver.bpfexec.probes.error".to_owned(), string(e));
     }
     let (health, description) = health(rt);
-    FingerprintResponse { attributes: attrs, health: health as i32, health_description: description, err: String::new() }
+    FingerprintResponse {
+        attributes: attrs,
+        health: health as i32,
+        health_description: description,
+        err: String::new(),
+    }
 }
 
 fn health(rt: &Runtime) -> (HealthState, String) {
@@ -45,7 +68,10 @@ fn health(rt: &Runtime) -> (HealthState, String) {
     if let Err(e) = std::fs::create_dir_all(dir.join("tasks")) {
         return (
             HealthState::Unhealthy,
-            format!("cannot create state_dir {}: {e}; point the plugin's state_dir at a writable directory", dir.display()),
+            format!(
+                "cannot create state_dir {}: {e}; point the plugin's state_dir at a writable directory",
+                dir.display()
+            ),
         );
     }
     (HealthState::Healthy, "Healthy".into())

@@ -13,27 +13,35 @@ use tracing_subscriber::prelude::*;
 pub fn init() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BPFEXEC_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::registry().with(filter).with(HclogLayer).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(HclogLayer)
+        .try_init();
 }
 
 struct HclogLayer;
 
 impl<S: Subscriber> Layer<S> for HclogLayer {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        let line = render(event.metadata().level(), event.metadata().target(), |v| event.record(v));
+        let line = render(*event.metadata().level(), event.metadata().target(), |v| {
+            event.record(v)
+        });
         let mut err = std::io::stderr().lock();
         let _ = err.write_all(line.as_bytes());
     }
 }
 
 /// Builds one JSON line; `record` feeds the event's fields into the visitor.
-fn render(level: &Level, target: &str, record: impl FnOnce(&mut JsonFields)) -> String {
+fn render(level: Level, target: &str, record: impl FnOnce(&mut JsonFields)) -> String {
     let mut fields = JsonFields::default();
     record(&mut fields);
     let mut obj = serde_json::Map::new();
     obj.insert("@level".into(), level_name(level).into());
     obj.insert("@message".into(), fields.message.unwrap_or_default().into());
-    obj.insert("@timestamp".into(), timestamp(std::time::SystemTime::now()).into());
+    obj.insert(
+        "@timestamp".into(),
+        timestamp(std::time::SystemTime::now()).into(),
+    );
     obj.insert("@module".into(), module(target).into());
     for (k, v) in fields.extra {
         obj.insert(k, v);
@@ -43,8 +51,8 @@ fn render(level: &Level, target: &str, record: impl FnOnce(&mut JsonFields)) -> 
     line
 }
 
-fn level_name(level: &Level) -> &'static str {
-    match *level {
+fn level_name(level: Level) -> &'static str {
+    match level {
         Level::ERROR => "error",
         Level::WARN => "warn",
         Level::INFO => "info",
@@ -54,8 +62,15 @@ fn level_name(level: &Level) -> &'static str {
 }
 
 fn module(target: &str) -> String {
-    let tail = target.strip_prefix("bpfexec_driver").unwrap_or(target).trim_start_matches("::");
-    if tail.is_empty() { "bpfexec".into() } else { format!("bpfexec.{}", tail.replace("::", ".")) }
+    let tail = target
+        .strip_prefix("bpfexec_driver")
+        .unwrap_or(target)
+        .trim_start_matches("::");
+    if tail.is_empty() {
+        "bpfexec".into()
+    } else {
+        format!("bpfexec.{}", tail.replace("::", "."))
+    }
 }
 
 #[derive(Default)]
@@ -87,7 +102,11 @@ impl Visit for JsonFields {
 impl JsonFields {
     fn put(&mut self, field: &Field, value: serde_json::Value) {
         if field.name() == "message" {
-            self.message = Some(value.as_str().map_or_else(|| value.to_string(), str::to_owned));
+            self.message = Some(
+                value
+                    .as_str()
+                    .map_or_else(|| value.to_string(), str::to_owned),
+            );
         } else {
             self.extra.push((field.name().to_owned(), value));
         }
@@ -138,7 +157,7 @@ mod tests {
 
     #[test]
     fn lines_are_hclog_json() {
-        let line = render(&Level::WARN, "bpfexec_driver::tasks", |f| {
+        let line = render(Level::WARN, "bpfexec_driver::tasks", |f| {
             f.message = Some("hello".into());
             f.extra.push(("task_id".into(), "a/b/c".into()));
         });

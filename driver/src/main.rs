@@ -3,7 +3,10 @@
 
 fn main() {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let code = if args.get(1).is_some_and(|a| a == bpfexec_driver::supervisor::SUPERVISE_ARG) {
+    let code = if args
+        .get(1)
+        .is_some_and(|a| a == bpfexec_driver::supervisor::SUPERVISE_ARG)
+    {
         bpfexec_driver::supervisor::main(&args[2..])
     } else {
         bpfexec_driver::plugin::run()

@@ -9,7 +9,9 @@ use std::path::PathBuf;
 /// Start time of `pid` in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
 pub fn start_time(pid: u32) -> io::Result<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    parse_stat(&stat).map(|s| s.start_time).ok_or_else(|| bad_stat(pid))
+    parse_stat(&stat)
+        .map(|s| s.start_time)
+        .ok_or_else(|| bad_stat(pid))
 }
 
 /// The fields of `/proc/<pid>/stat` the driver uses.
@@ -31,7 +33,10 @@ pub fn stat(pid: u32) -> io::Result<Stat> {
 }
 
 fn bad_stat(pid: u32) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("/proc/{pid}/stat has an unexpected shape"))
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("/proc/{pid}/stat has an unexpected shape"),
+    )
 }
 
 /// Parses a stat line; the command name may contain spaces and parentheses, so fields are
@@ -110,7 +115,9 @@ impl PidFd {
             if actual != expected {
                 return Err(io::Error::new(
                     io::ErrorKind::NotFound,
-                    format!("pid {pid} now belongs to another process (start time {actual}, expected {expected})"),
+                    format!(
+                        "pid {pid} now belongs to another process (start time {actual}, expected {expected})"
+                    ),
                 ));
             }
         }
@@ -137,17 +144,24 @@ impl PidFd {
             return Ok(true);
         }
         let err = io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::ESRCH) { Ok(false) } else { Err(err) }
+        if err.raw_os_error() == Some(libc::ESRCH) {
+            Ok(false)
+        } else {
+            Err(err)
+        }
     }
 
     /// True once the process has exited (the pidfd polls readable).
     pub fn has_exited(&self) -> bool {
-        let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd, zero timeout.
         let ret = unsafe { libc::poll(&raw mut pfd, 1, 0) };
         ret > 0 && (pfd.revents & libc::POLLIN) != 0
     }
-
 }
 
 impl AsRawFd for PidFd {
@@ -174,12 +188,18 @@ pub fn signal_group(pgid: u32, signal: i32) -> io::Result<bool> {
         return Ok(true);
     }
     let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::ESRCH) { Ok(false) } else { Err(err) }
+    if err.raw_os_error() == Some(libc::ESRCH) {
+        Ok(false)
+    } else {
+        Err(err)
+    }
 }
 
 /// Every pid on the host whose process group is `pgid`.
 pub fn group_members(pgid: u32) -> Vec<u32> {
-    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| matches!(stat(*pid), Ok(s) if s.pgrp == pgid as i32))

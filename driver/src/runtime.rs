@@ -22,24 +22,33 @@ pub struct Compute {
 impl Compute {
     /// TotalCompute / NumCores as Nomad computes them (`override_total_compute` wins).
     pub fn from_topology(topology: Option<&base::ClientTopology>) -> Self {
-        let Some(t) = topology else { return Self { mhz_per_core: 0.0 } };
+        let Some(t) = topology else {
+            return Self { mhz_per_core: 0.0 };
+        };
         let cores = t.cores.len().max(1) as f64;
         let total = if t.override_total_compute > 0 {
             t.override_total_compute as f64
         } else {
             t.cores
                 .iter()
-                .map(|c| [c.base_speed, c.max_speed, c.guess_speed].into_iter().find(|s| *s > 0).unwrap_or(0) as f64)
+                .map(|c| {
+                    [c.base_speed, c.max_speed, c.guess_speed]
+                        .into_iter()
+                        .find(|s| *s > 0)
+                        .unwrap_or(0) as f64
+                })
                 .sum()
         };
-        Self { mhz_per_core: total / cores }
+        Self {
+            mhz_per_core: total / cores,
+        }
     }
 }
 
 /// Where the eBPF probes are.
 pub enum ProbeState {
     NotLoaded,
-    Loaded(ProbeSet),
+    Loaded(Box<ProbeSet>),
     Failed(String),
 }
 
@@ -71,20 +80,36 @@ impl Runtime {
     }
 
     pub fn configured(&self) -> Result<Configured, DriverError> {
-        self.configured.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone().ok_or(DriverError::NotConfigured)
+        self.configured
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .ok_or(DriverError::NotConfigured)
     }
 
     /// SetConfig from the real agent (with `nomad_config`): remember it and load the probes.
     /// Calls without `nomad_config` (Nomad's validation launches) only validate.
-    pub async fn configure(&self, plugin: PluginConfig, nomad: Option<&base::NomadConfig>) -> Result<(), DriverError> {
+    pub async fn configure(
+        &self,
+        plugin: PluginConfig,
+        nomad: Option<&base::NomadConfig>,
+    ) -> Result<(), DriverError> {
         let Some(nomad) = nomad else { return Ok(()) };
-        let compute = Compute::from_topology(nomad.driver.as_ref().and_then(|d| d.topology.as_ref()));
+        let compute =
+            Compute::from_topology(nomad.driver.as_ref().and_then(|d| d.topology.as_ref()));
         let start = StartContext {
             state_dir: plugin.state_dir.clone(),
             cgroup_mode: self.cgroup_mode,
             cgroup_root: PathBuf::from(cgroups::DEFAULT_ROOT),
         };
-        *self.configured.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Configured { plugin, start, compute });
+        *self
+            .configured
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Configured {
+            plugin,
+            start,
+            compute,
+        });
         self.load_probes().await;
         Ok(())
     }
@@ -97,7 +122,7 @@ impl Runtime {
         *probes = match ProbeSet::load() {
             Ok(set) => {
                 tracing::info!(attached = ?set.attached(), "eBPF probes loaded");
-                ProbeState::Loaded(set)
+                ProbeState::Loaded(Box::new(set))
             }
             Err(e) => {
                 tracing::warn!(error = %e, "eBPF probes failed to load; tasks still run, without kernel observation");
@@ -116,14 +141,22 @@ impl Runtime {
     }
 
     /// Publishes a task event to Nomad's TaskEvents stream.
-    pub fn emit(&self, task: &drivers::TaskConfig, message: String, annotations: Vec<(&str, String)>) {
+    pub fn emit(
+        &self,
+        task: &drivers::TaskConfig,
+        message: String,
+        annotations: Vec<(&str, String)>,
+    ) {
         let event = drivers::DriverTaskEvent {
             task_id: task.id.clone(),
             alloc_id: task.alloc_id.clone(),
             task_name: task.name.clone(),
             timestamp: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
             message,
-            annotations: annotations.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            annotations: annotations
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
         };
         let _ = self.events.send(event);
     }
@@ -134,14 +167,26 @@ mod tests {
     use super::*;
 
     fn core(base: u64, max: u64, guess: u64) -> base::ClientTopologyCore {
-        base::ClientTopologyCore { base_speed: base, max_speed: max, guess_speed: guess, ..Default::default() }
+        base::ClientTopologyCore {
+            base_speed: base,
+            max_speed: max,
+            guess_speed: guess,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn compute_follows_nomad_core_speed_rules() {
-        let t = base::ClientTopology { cores: vec![core(2000, 3000, 0), core(0, 3000, 1000), core(0, 0, 1000)], ..Default::default() };
+        let t = base::ClientTopology {
+            cores: vec![core(2000, 3000, 0), core(0, 3000, 1000), core(0, 0, 1000)],
+            ..Default::default()
+        };
         assert!((Compute::from_topology(Some(&t)).mhz_per_core - 2000.0).abs() < 1e-9);
-        let o = base::ClientTopology { cores: vec![core(1, 0, 0), core(1, 0, 0)], override_total_compute: 5000, ..Default::default() };
+        let o = base::ClientTopology {
+            cores: vec![core(1, 0, 0), core(1, 0, 0)],
+            override_total_compute: 5000,
+            ..Default::default()
+        };
         assert!((Compute::from_topology(Some(&o)).mhz_per_core - 2500.0).abs() < 1e-9);
         assert!(Compute::from_topology(None).mhz_per_core.abs() < 1e-9);
     }

@@ -46,7 +46,11 @@ where
 }
 
 fn exit_result(o: &Outcome) -> drivers::ExitResult {
-    drivers::ExitResult { exit_code: o.exit_code, signal: o.signal, oom_killed: o.oom_killed }
+    drivers::ExitResult {
+        exit_code: o.exit_code,
+        signal: o.signal,
+        oom_killed: o.oom_killed,
+    }
 }
 
 fn timestamp_ms(ms: u64) -> prost_types::Timestamp {
@@ -54,16 +58,25 @@ fn timestamp_ms(ms: u64) -> prost_types::Timestamp {
 }
 
 fn duration(d: Option<&prost_types::Duration>) -> Duration {
-    d.and_then(|d| Duration::try_from(*d).ok()).unwrap_or_default()
+    d.and_then(|d| Duration::try_from(*d).ok())
+        .unwrap_or_default()
 }
 
 #[tonic::async_trait]
 impl Driver for DriverService {
-    async fn task_config_schema(&self, _: Request<drivers::TaskConfigSchemaRequest>) -> Result<Response<drivers::TaskConfigSchemaResponse>, Status> {
-        Ok(Response::new(drivers::TaskConfigSchemaResponse { spec: Some(schema::task_schema()) }))
+    async fn task_config_schema(
+        &self,
+        _: Request<drivers::TaskConfigSchemaRequest>,
+    ) -> Result<Response<drivers::TaskConfigSchemaResponse>, Status> {
+        Ok(Response::new(drivers::TaskConfigSchemaResponse {
+            spec: Some(schema::task_schema()),
+        }))
     }
 
-    async fn capabilities(&self, _: Request<drivers::CapabilitiesRequest>) -> Result<Response<drivers::CapabilitiesResponse>, Status> {
+    async fn capabilities(
+        &self,
+        _: Request<drivers::CapabilitiesRequest>,
+    ) -> Result<Response<drivers::CapabilitiesResponse>, Status> {
         use drivers::driver_capabilities::{FsIsolation, MountConfigs};
         use drivers::network_isolation_spec::NetworkIsolationMode;
         Ok(Response::new(drivers::CapabilitiesResponse {
@@ -82,7 +95,10 @@ impl Driver for DriverService {
 
     type FingerprintStream = RpcStream<drivers::FingerprintResponse>;
 
-    async fn fingerprint(&self, _: Request<drivers::FingerprintRequest>) -> Result<Response<Self::FingerprintStream>, Status> {
+    async fn fingerprint(
+        &self,
+        _: Request<drivers::FingerprintRequest>,
+    ) -> Result<Response<Self::FingerprintStream>, Status> {
         let rt = self.rt.clone();
         Ok(Response::new(stream_from(move |tx| async move {
             let mut last: Option<drivers::FingerprintResponse> = None;
@@ -102,18 +118,35 @@ impl Driver for DriverService {
         })))
     }
 
-    async fn recover_task(&self, req: Request<drivers::RecoverTaskRequest>) -> Result<Response<drivers::RecoverTaskResponse>, Status> {
-        let handle = req.into_inner().handle.ok_or_else(|| Status::invalid_argument("RecoverTask needs a task handle"))?;
+    async fn recover_task(
+        &self,
+        req: Request<drivers::RecoverTaskRequest>,
+    ) -> Result<Response<drivers::RecoverTaskResponse>, Status> {
+        let handle = req
+            .into_inner()
+            .handle
+            .ok_or_else(|| Status::invalid_argument("RecoverTask needs a task handle"))?;
         self.rt.tasks.recover(&handle)?;
         Ok(Response::new(drivers::RecoverTaskResponse {}))
     }
 
-    async fn start_task(&self, req: Request<drivers::StartTaskRequest>) -> Result<Response<drivers::StartTaskResponse>, Status> {
-        let cfg = req.into_inner().task.ok_or_else(|| Status::invalid_argument("StartTask needs a task config"))?;
+    async fn start_task(
+        &self,
+        req: Request<drivers::StartTaskRequest>,
+    ) -> Result<Response<drivers::StartTaskResponse>, Status> {
+        let cfg = req
+            .into_inner()
+            .task
+            .ok_or_else(|| Status::invalid_argument("StartTask needs a task config"))?;
         let ctx = self.rt.configured()?.start;
-        let state = self.rt.tasks.start(&ctx, cfg.clone()).await.inspect_err(|e| {
-            tracing::warn!(task_id = %cfg.id, error = %e, "task did not start");
-        })?;
+        let state = self
+            .rt
+            .tasks
+            .start(&ctx, cfg.clone())
+            .await
+            .inspect_err(|e| {
+                tracing::warn!(task_id = %cfg.id, error = %e, "task did not start");
+            })?;
         let handle = drivers::TaskHandle {
             version: 1,
             config: Some(cfg),
@@ -128,43 +161,78 @@ impl Driver for DriverService {
         }))
     }
 
-    async fn wait_task(&self, req: Request<drivers::WaitTaskRequest>) -> Result<Response<drivers::WaitTaskResponse>, Status> {
+    async fn wait_task(
+        &self,
+        req: Request<drivers::WaitTaskRequest>,
+    ) -> Result<Response<drivers::WaitTaskResponse>, Status> {
         let task = self.rt.tasks.get(&req.into_inner().task_id)?;
         let outcome = task.wait().await;
-        Ok(Response::new(drivers::WaitTaskResponse { result: Some(exit_result(&outcome)), err: outcome.err.unwrap_or_default() }))
+        Ok(Response::new(drivers::WaitTaskResponse {
+            result: Some(exit_result(&outcome)),
+            err: outcome.err.unwrap_or_default(),
+        }))
     }
 
-    async fn stop_task(&self, req: Request<drivers::StopTaskRequest>) -> Result<Response<drivers::StopTaskResponse>, Status> {
+    async fn stop_task(
+        &self,
+        req: Request<drivers::StopTaskRequest>,
+    ) -> Result<Response<drivers::StopTaskResponse>, Status> {
         let req = req.into_inner();
         let signal = if req.signal.is_empty() {
             DEFAULT_STOP_SIGNAL
         } else {
             signals::parse(&req.signal).ok_or_else(|| DriverError::BadSignal(req.signal.clone()))?
         };
-        self.rt.tasks.stop(&req.task_id, duration(req.timeout.as_ref()), signal).await?;
+        self.rt
+            .tasks
+            .stop(&req.task_id, duration(req.timeout.as_ref()), signal)
+            .await?;
         Ok(Response::new(drivers::StopTaskResponse {}))
     }
 
-    async fn destroy_task(&self, req: Request<drivers::DestroyTaskRequest>) -> Result<Response<drivers::DestroyTaskResponse>, Status> {
+    async fn destroy_task(
+        &self,
+        req: Request<drivers::DestroyTaskRequest>,
+    ) -> Result<Response<drivers::DestroyTaskResponse>, Status> {
         let req = req.into_inner();
         self.rt.tasks.destroy(&req.task_id, req.force).await?;
         Ok(Response::new(drivers::DestroyTaskResponse {}))
     }
 
-    async fn inspect_task(&self, req: Request<drivers::InspectTaskRequest>) -> Result<Response<drivers::InspectTaskResponse>, Status> {
+    async fn inspect_task(
+        &self,
+        req: Request<drivers::InspectTaskRequest>,
+    ) -> Result<Response<drivers::InspectTaskResponse>, Status> {
         let task = self.rt.tasks.get(&req.into_inner().task_id)?;
         let outcome = task.outcome();
-        let state = if outcome.is_some() { drivers::TaskState::Exited } else { drivers::TaskState::Running };
+        let state = if outcome.is_some() {
+            drivers::TaskState::Exited
+        } else {
+            drivers::TaskState::Running
+        };
         let status = drivers::TaskStatus {
             id: task.config.id.clone(),
             name: task.config.name.clone(),
             state: state as i32,
             started_at: Some(timestamp_ms(task.state.started_at_ms)),
             // Go drivers send the zero time while running; the client needs the field present.
-            completed_at: Some(outcome.as_ref().map_or(prost_types::Timestamp { seconds: -62_135_596_800, nanos: 0 }, |o| timestamp_ms(o.finished_at_ms))),
+            completed_at: Some(outcome.as_ref().map_or(
+                prost_types::Timestamp {
+                    seconds: -62_135_596_800,
+                    nanos: 0,
+                },
+                |o| timestamp_ms(o.finished_at_ms),
+            )),
             result: outcome.as_ref().map(exit_result),
         };
-        let attributes = [("pid".to_owned(), task.state.pid.to_string()), ("supervisor_pid".to_owned(), task.state.supervisor_pid.to_string())].into();
+        let attributes = [
+            ("pid".to_owned(), task.state.pid.to_string()),
+            (
+                "supervisor_pid".to_owned(),
+                task.state.supervisor_pid.to_string(),
+            ),
+        ]
+        .into();
         Ok(Response::new(drivers::InspectTaskResponse {
             task: Some(status),
             driver: Some(drivers::TaskDriverStatus { attributes }),
@@ -174,11 +242,14 @@ impl Driver for DriverService {
 
     type TaskStatsStream = RpcStream<drivers::TaskStatsResponse>;
 
-    async fn task_stats(&self, req: Request<drivers::TaskStatsRequest>) -> Result<Response<Self::TaskStatsStream>, Status> {
+    async fn task_stats(
+        &self,
+        req: Request<drivers::TaskStatsRequest>,
+    ) -> Result<Response<Self::TaskStatsStream>, Status> {
         let req = req.into_inner();
         let task = self.rt.tasks.get(&req.task_id)?;
         let interval = duration(req.collection_interval.as_ref()).max(Duration::from_millis(100));
-        let mhz = self.rt.configured().map(|c| c.compute.mhz_per_core).unwrap_or(0.0);
+        let mhz = self.rt.configured().map_or(0.0, |c| c.compute.mhz_per_core);
         Ok(Response::new(stream_from(move |tx| async move {
             let mut sampler = crate::stats::Sampler::new(mhz);
             let mut ticker = tokio::time::interval(interval);
@@ -192,7 +263,11 @@ impl Driver for DriverService {
                 }
                 let pids = task.pids();
                 let stats = sampler.sample(&task.state.task_id, task.state.cgroups.as_ref(), &pids);
-                if tx.send(Ok(drivers::TaskStatsResponse { stats: Some(stats) })).await.is_err() {
+                if tx
+                    .send(Ok(drivers::TaskStatsResponse { stats: Some(stats) }))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -201,7 +276,10 @@ impl Driver for DriverService {
 
     type TaskEventsStream = RpcStream<drivers::DriverTaskEvent>;
 
-    async fn task_events(&self, _: Request<drivers::TaskEventsRequest>) -> Result<Response<Self::TaskEventsStream>, Status> {
+    async fn task_events(
+        &self,
+        _: Request<drivers::TaskEventsRequest>,
+    ) -> Result<Response<Self::TaskEventsStream>, Status> {
         let mut rx = self.rt.events.subscribe();
         Ok(Response::new(stream_from(move |tx| async move {
             loop {
@@ -217,31 +295,55 @@ impl Driver for DriverService {
         })))
     }
 
-    async fn signal_task(&self, req: Request<drivers::SignalTaskRequest>) -> Result<Response<drivers::SignalTaskResponse>, Status> {
+    async fn signal_task(
+        &self,
+        req: Request<drivers::SignalTaskRequest>,
+    ) -> Result<Response<drivers::SignalTaskResponse>, Status> {
         let req = req.into_inner();
-        let signal = signals::parse(&req.signal).ok_or_else(|| DriverError::BadSignal(req.signal.clone()))?;
+        let signal = signals::parse(&req.signal)
+            .ok_or_else(|| DriverError::BadSignal(req.signal.clone()))?;
         self.rt.tasks.signal(&req.task_id, signal)?;
         let task = self.rt.tasks.get(&req.task_id)?;
         tracing::info!(task_id = %req.task_id, signal = %signals::name(signal), pid = task.state.pid, "signal sent");
         Ok(Response::new(drivers::SignalTaskResponse {}))
     }
 
-    async fn exec_task(&self, _: Request<drivers::ExecTaskRequest>) -> Result<Response<drivers::ExecTaskResponse>, Status> {
-        Err(DriverError::Unsupported("bpfexec does not support exec into tasks yet (alloc exec and script checks)".into()).into())
+    async fn exec_task(
+        &self,
+        _: Request<drivers::ExecTaskRequest>,
+    ) -> Result<Response<drivers::ExecTaskResponse>, Status> {
+        Err(DriverError::Unsupported(
+            "bpfexec does not support exec into tasks yet (alloc exec and script checks)".into(),
+        )
+        .into())
     }
 
     type ExecTaskStreamingStream = RpcStream<drivers::ExecTaskStreamingResponse>;
 
-    async fn exec_task_streaming(&self, _: Request<Streaming<drivers::ExecTaskStreamingRequest>>) -> Result<Response<Self::ExecTaskStreamingStream>, Status> {
+    async fn exec_task_streaming(
+        &self,
+        _: Request<Streaming<drivers::ExecTaskStreamingRequest>>,
+    ) -> Result<Response<Self::ExecTaskStreamingStream>, Status> {
         Err(DriverError::Unsupported("bpfexec does not support alloc exec yet".into()).into())
     }
 
-    async fn create_network(&self, _: Request<drivers::CreateNetworkRequest>) -> Result<Response<drivers::CreateNetworkResponse>, Status> {
-        Err(DriverError::Unsupported("bpfexec does not create networks; Nomad's network hook does".into()).into())
+    async fn create_network(
+        &self,
+        _: Request<drivers::CreateNetworkRequest>,
+    ) -> Result<Response<drivers::CreateNetworkResponse>, Status> {
+        Err(DriverError::Unsupported(
+            "bpfexec does not create networks; Nomad's network hook does".into(),
+        )
+        .into())
     }
 
-    async fn destroy_network(&self, _: Request<drivers::DestroyNetworkRequest>) -> Result<Response<drivers::DestroyNetworkResponse>, Status> {
-        Err(DriverError::Unsupported("bpfexec does not create networks; Nomad's network hook does".into()).into())
+    async fn destroy_network(
+        &self,
+        _: Request<drivers::DestroyNetworkRequest>,
+    ) -> Result<Response<drivers::DestroyNetworkResponse>, Status> {
+        Err(DriverError::Unsupported(
+            "bpfexec does not create networks; Nomad's network hook does".into(),
+        )
+        .into())
     }
 }
-

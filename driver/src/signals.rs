@@ -42,7 +42,11 @@ pub fn parse(name: &str) -> Option<i32> {
         return (1..=64).contains(&n).then_some(n);
     }
     let upper = trimmed.to_ascii_uppercase();
-    let full = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
     SIGNALS.iter().find(|(n, _)| *n == full).map(|(_, v)| *v)
 }
 

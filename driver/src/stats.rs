@@ -33,25 +33,57 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(mhz_per_core: f64) -> Self {
-        Self { mhz_per_core, prev: None, prev_pids: HashMap::new() }
+        Self {
+            mhz_per_core,
+            prev: None,
+            prev_pids: HashMap::new(),
+        }
     }
 
     /// One `TaskStats` for `task_id`, whose processes are `pids`.
-    pub fn sample(&mut self, task_id: &str, cgroups: Option<&TaskCgroups>, pids: &[u32]) -> drivers::TaskStats {
+    pub fn sample(
+        &mut self,
+        task_id: &str,
+        cgroups: Option<&TaskCgroups>,
+        pids: &[u32],
+    ) -> drivers::TaskStats {
         let now = Instant::now();
-        let per_pid: Vec<(u32, CpuTimes, u64)> = pids.iter().filter_map(|p| pid_reading(*p).map(|(c, r)| (*p, c, r))).collect();
-        let cpu_now = cgroups.and_then(cgroup_cpu).unwrap_or_else(|| sum_cpu(&per_pid));
-        let cpu = rate(self.prev.replace((now, cpu_now)), now, cpu_now, self.mhz_per_core);
+        let per_pid: Vec<(u32, CpuTimes, u64)> = pids
+            .iter()
+            .filter_map(|p| pid_reading(*p).map(|(c, r)| (*p, c, r)))
+            .collect();
+        let cpu_now = cgroups
+            .and_then(cgroup_cpu)
+            .unwrap_or_else(|| sum_cpu(&per_pid));
+        let cpu = rate(
+            self.prev.replace((now, cpu_now)),
+            now,
+            cpu_now,
+            self.mhz_per_core,
+        );
         let memory = cgroups.and_then(cgroup_memory).unwrap_or_else(|| {
             let rss: u64 = per_pid.iter().map(|(_, _, r)| r).sum();
-            drivers::MemoryUsage { rss, measured_fields: vec![memory_usage::Fields::Rss as i32], ..Default::default() }
+            drivers::MemoryUsage {
+                rss,
+                measured_fields: vec![memory_usage::Fields::Rss as i32],
+                ..Default::default()
+            }
         });
         let mut by_pid = HashMap::new();
         let mut next_prev = HashMap::new();
         for (pid, times, rss) in per_pid {
             let usage = drivers::TaskResourceUsage {
-                cpu: Some(rate(self.prev_pids.get(&pid).copied(), now, times, self.mhz_per_core)),
-                memory: Some(drivers::MemoryUsage { rss, measured_fields: vec![memory_usage::Fields::Rss as i32], ..Default::default() }),
+                cpu: Some(rate(
+                    self.prev_pids.get(&pid).copied(),
+                    now,
+                    times,
+                    self.mhz_per_core,
+                )),
+                memory: Some(drivers::MemoryUsage {
+                    rss,
+                    measured_fields: vec![memory_usage::Fields::Rss as i32],
+                    ..Default::default()
+                }),
             };
             by_pid.insert(pid.to_string(), usage);
             next_prev.insert(pid, (now, times));
@@ -60,20 +92,31 @@ impl Sampler {
         drivers::TaskStats {
             id: task_id.to_owned(),
             timestamp: Some(prost_types::Timestamp::from(SystemTime::now())),
-            agg_resource_usage: Some(drivers::TaskResourceUsage { cpu: Some(cpu), memory: Some(memory) }),
+            agg_resource_usage: Some(drivers::TaskResourceUsage {
+                cpu: Some(cpu),
+                memory: Some(memory),
+            }),
             resource_usage_by_pid: by_pid,
         }
     }
 }
 
-fn rate(prev: Option<(Instant, CpuTimes)>, now: Instant, cur: CpuTimes, mhz_per_core: f64) -> drivers::CpuUsage {
+fn rate(
+    prev: Option<(Instant, CpuTimes)>,
+    now: Instant,
+    cur: CpuTimes,
+    mhz_per_core: f64,
+) -> drivers::CpuUsage {
     let (user, system) = match prev {
         Some((then, old)) => {
             let wall = now.duration_since(then).as_nanos() as f64;
             if wall <= 0.0 {
                 (0.0, 0.0)
             } else {
-                (cur.user_ns.saturating_sub(old.user_ns) as f64 / wall * 100.0, cur.system_ns.saturating_sub(old.system_ns) as f64 / wall * 100.0)
+                (
+                    cur.user_ns.saturating_sub(old.user_ns) as f64 / wall * 100.0,
+                    cur.system_ns.saturating_sub(old.system_ns) as f64 / wall * 100.0,
+                )
             }
         }
         None => (0.0, 0.0),
@@ -86,21 +129,37 @@ fn rate(prev: Option<(Instant, CpuTimes)>, now: Instant, cur: CpuTimes, mhz_per_
         throttled_periods: 0,
         throttled_time: 0,
         percent,
-        measured_fields: [cpu_usage::Fields::SystemMode, cpu_usage::Fields::UserMode, cpu_usage::Fields::TotalTicks, cpu_usage::Fields::Percent]
-            .iter()
-            .map(|f| *f as i32)
-            .collect(),
+        measured_fields: [
+            cpu_usage::Fields::SystemMode,
+            cpu_usage::Fields::UserMode,
+            cpu_usage::Fields::TotalTicks,
+            cpu_usage::Fields::Percent,
+        ]
+        .iter()
+        .map(|f| *f as i32)
+        .collect(),
     }
 }
 
 fn pid_reading(pid: u32) -> Option<(CpuTimes, u64)> {
     let st = procfs::stat(pid).ok()?;
     let ns_per_tick = 1_000_000_000 / procfs::clock_ticks_per_second();
-    Some((CpuTimes { user_ns: st.utime * ns_per_tick, system_ns: st.stime * ns_per_tick }, st.rss_pages * procfs::page_size()))
+    Some((
+        CpuTimes {
+            user_ns: st.utime * ns_per_tick,
+            system_ns: st.stime * ns_per_tick,
+        },
+        st.rss_pages * procfs::page_size(),
+    ))
 }
 
 fn sum_cpu(per_pid: &[(u32, CpuTimes, u64)]) -> CpuTimes {
-    per_pid.iter().fold(CpuTimes::default(), |acc, (_, c, _)| CpuTimes { user_ns: acc.user_ns + c.user_ns, system_ns: acc.system_ns + c.system_ns })
+    per_pid
+        .iter()
+        .fold(CpuTimes::default(), |acc, (_, c, _)| CpuTimes {
+            user_ns: acc.user_ns + c.user_ns,
+            system_ns: acc.system_ns + c.system_ns,
+        })
 }
 
 /// v2 only: `cpu.stat` of the scope (v1 clients have no per-task cpuacct group from Nomad).
@@ -110,7 +169,10 @@ fn cgroup_cpu(cg: &TaskCgroups) -> Option<CpuTimes> {
     }
     let stat = cgroups::read_keyed(&cg.own_dir()?.join("cpu.stat"));
     let get = |k: &str| stat.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
-    let times = CpuTimes { user_ns: get("user_usec")? * 1000, system_ns: get("system_usec")? * 1000 };
+    let times = CpuTimes {
+        user_ns: get("user_usec")? * 1000,
+        system_ns: get("system_usec")? * 1000,
+    };
     (times.total() > 0 || get("usage_usec").is_some()).then_some(times)
 }
 
@@ -133,7 +195,10 @@ pub fn memory_from_dir(mode: CgroupMode, dir: &Path) -> drivers::MemoryUsage {
             cache: get("file"),
             swap: cgroups::read_u64(&dir.join("memory.swap.current")).unwrap_or(0),
             usage: cgroups::read_u64(&dir.join("memory.current")).unwrap_or(0),
-            measured_fields: [Fields::Rss, Fields::Cache, Fields::Swap, Fields::Usage].iter().map(|f| *f as i32).collect(),
+            measured_fields: [Fields::Rss, Fields::Cache, Fields::Swap, Fields::Usage]
+                .iter()
+                .map(|f| *f as i32)
+                .collect(),
             ..Default::default()
         },
         CgroupMode::V1 => drivers::MemoryUsage {
@@ -143,11 +208,20 @@ pub fn memory_from_dir(mode: CgroupMode, dir: &Path) -> drivers::MemoryUsage {
             usage: cgroups::read_u64(&dir.join("memory.usage_in_bytes")).unwrap_or(0),
             max_usage: cgroups::read_u64(&dir.join("memory.max_usage_in_bytes")).unwrap_or(0),
             kernel_usage: cgroups::read_u64(&dir.join("memory.kmem.usage_in_bytes")).unwrap_or(0),
-            kernel_max_usage: cgroups::read_u64(&dir.join("memory.kmem.max_usage_in_bytes")).unwrap_or(0),
-            measured_fields: [Fields::Rss, Fields::Cache, Fields::Swap, Fields::Usage, Fields::MaxUsage, Fields::KernelUsage, Fields::KernelMaxUsage]
-                .iter()
-                .map(|f| *f as i32)
-                .collect(),
+            kernel_max_usage: cgroups::read_u64(&dir.join("memory.kmem.max_usage_in_bytes"))
+                .unwrap_or(0),
+            measured_fields: [
+                Fields::Rss,
+                Fields::Cache,
+                Fields::Swap,
+                Fields::Usage,
+                Fields::MaxUsage,
+                Fields::KernelUsage,
+                Fields::KernelMaxUsage,
+            ]
+            .iter()
+            .map(|f| *f as i32)
+            .collect(),
         },
     }
 }
@@ -161,14 +235,20 @@ mod tests {
     fn rate_is_percent_of_one_core_and_ticks_are_mhz() {
         let t0 = Instant::now();
         let t1 = t0 + Duration::from_secs(1);
-        let old = CpuTimes { user_ns: 0, system_ns: 0 };
-        let new = CpuTimes { user_ns: 500_000_000, system_ns: 250_000_000 };
+        let old = CpuTimes {
+            user_ns: 0,
+            system_ns: 0,
+        };
+        let new = CpuTimes {
+            user_ns: 500_000_000,
+            system_ns: 250_000_000,
+        };
         let cpu = rate(Some((t0, old)), t1, new, 2000.0);
         assert!((cpu.user_mode - 50.0).abs() < 1e-9);
         assert!((cpu.system_mode - 25.0).abs() < 1e-9);
         assert!((cpu.percent - 75.0).abs() < 1e-9);
         assert!((cpu.total_ticks - 1500.0).abs() < 1e-9);
-        assert_eq!(rate(None, t1, new, 2000.0).percent, 0.0);
+        assert!(rate(None, t1, new, 2000.0).percent.abs() < f64::EPSILON);
     }
 
     #[test]
@@ -200,6 +280,9 @@ mod tests {
         assert!(st.timestamp.is_some());
         let agg = st.agg_resource_usage.expect("agg");
         assert!(agg.memory.expect("mem").rss > 0);
-        assert!(st.resource_usage_by_pid.contains_key(&std::process::id().to_string()));
+        assert!(
+            st.resource_usage_by_pid
+                .contains_key(&std::process::id().to_string())
+        );
     }
 }

@@ -12,7 +12,9 @@ use super::{CgroupMode, TaskCgroups, read_pids};
 /// SIGKILLs every process in the task's own cgroup; returns how many pids were signalled
 /// (on v2 the kernel does it and the count is what was there before).
 pub fn kill_all(cg: &TaskCgroups) -> io::Result<usize> {
-    let Some(dir) = cg.own_dir() else { return Ok(0) };
+    let Some(dir) = cg.own_dir() else {
+        return Ok(0);
+    };
     if !dir.is_dir() {
         return Ok(0);
     }
@@ -36,7 +38,9 @@ fn kill_v1(freezer: &Path) -> io::Result<usize> {
     }
     fs::write(&state, "FROZEN")?;
     let deadline = Instant::now() + Duration::from_secs(2);
-    while fs::read_to_string(&state).map(|s| s.trim() != "FROZEN").unwrap_or(false) && Instant::now() < deadline {
+    while fs::read_to_string(&state).is_ok_and(|s| s.trim() != "FROZEN")
+        && Instant::now() < deadline
+    {
         sleep(Duration::from_millis(5));
     }
     let killed = kill_pids(&read_pids(&freezer.join("cgroup.procs")));

@@ -42,7 +42,10 @@ pub fn detect_mode(root: &Path) -> io::Result<CgroupMode> {
     } else if root.join("memory").is_dir() || root.join("cpuset").is_dir() {
         Ok(CgroupMode::V1)
     } else {
-        Err(io::Error::new(io::ErrorKind::NotFound, format!("no cgroup hierarchy found at {}", root.display())))
+        Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no cgroup hierarchy found at {}", root.display()),
+        ))
     }
 }
 
@@ -57,7 +60,13 @@ pub struct TaskCgroups {
 impl TaskCgroups {
     /// Derives the task's cgroup directories from what Nomad passed in `cpuset_cgroup`.
     /// Returns `None` when Nomad gave no cgroup (cgroups disabled on the client).
-    pub fn for_task(mode: CgroupMode, root: &Path, cpuset_cgroup: &str, alloc_id: &str, task: &str) -> Option<Self> {
+    pub fn for_task(
+        mode: CgroupMode,
+        root: &Path,
+        cpuset_cgroup: &str,
+        alloc_id: &str,
+        task: &str,
+    ) -> Option<Self> {
         if cpuset_cgroup.is_empty() {
             return None;
         }
@@ -65,8 +74,10 @@ impl TaskCgroups {
             CgroupMode::V2 => vec![PathBuf::from(cpuset_cgroup)],
             CgroupMode::V1 => {
                 let scope = format!("{alloc_id}.{task}");
-                let mut dirs: Vec<PathBuf> =
-                    V1_CONTROLLERS.iter().map(|c| root.join(c).join("nomad").join(&scope)).collect();
+                let mut dirs: Vec<PathBuf> = V1_CONTROLLERS
+                    .iter()
+                    .map(|c| root.join(c).join("nomad").join(&scope))
+                    .collect();
                 dirs.push(PathBuf::from(cpuset_cgroup));
                 dirs
             }
@@ -76,7 +87,11 @@ impl TaskCgroups {
 
     /// The `cgroup.procs` files the task must join: those whose directory exists.
     pub fn procs_files(&self) -> Vec<PathBuf> {
-        self.dirs.iter().filter(|d| d.is_dir()).map(|d| d.join("cgroup.procs")).collect()
+        self.dirs
+            .iter()
+            .filter(|d| d.is_dir())
+            .map(|d| d.join("cgroup.procs"))
+            .collect()
     }
 
     /// The directory that holds exactly the task's processes (v1 freezer or v2 scope); the v1
@@ -96,7 +111,9 @@ impl TaskCgroups {
 
     /// Pids currently in the task's own cgroup.
     pub fn pids(&self) -> Vec<u32> {
-        self.own_dir().map(|d| read_pids(&d.join("cgroup.procs"))).unwrap_or_default()
+        self.own_dir()
+            .map(|d| read_pids(&d.join("cgroup.procs")))
+            .unwrap_or_default()
     }
 }
 
@@ -139,7 +156,12 @@ mod tests {
             "web",
         )
         .expect("cgroup");
-        assert_eq!(cg.dirs, vec![PathBuf::from("/sys/fs/cgroup/nomad.slice/share.slice/a1.web.scope")]);
+        assert_eq!(
+            cg.dirs,
+            vec![PathBuf::from(
+                "/sys/fs/cgroup/nomad.slice/share.slice/a1.web.scope"
+            )]
+        );
         assert_eq!(cg.memory_dir(), cg.own_dir());
     }
 
@@ -153,10 +175,15 @@ mod tests {
             "web",
         )
         .expect("cgroup");
-        let want: Vec<PathBuf> = ["/cg/freezer/nomad/a1.web", "/cg/cpu/nomad/a1.web", "/cg/memory/nomad/a1.web", "/cg/cpuset/nomad/share"]
-            .iter()
-            .map(PathBuf::from)
-            .collect();
+        let want: Vec<PathBuf> = [
+            "/cg/freezer/nomad/a1.web",
+            "/cg/cpu/nomad/a1.web",
+            "/cg/memory/nomad/a1.web",
+            "/cg/cpuset/nomad/share",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
         assert_eq!(cg.dirs, want);
         assert_eq!(cg.own_dir(), Some(Path::new("/cg/freezer/nomad/a1.web")));
         assert_eq!(cg.memory_dir(), Some(Path::new("/cg/memory/nomad/a1.web")));
@@ -173,7 +200,9 @@ mod tests {
         let scope = root.path().join("freezer/nomad/a.t");
         fs::create_dir_all(&scope).expect("mkdir");
         fs::write(scope.join("cgroup.procs"), "12\n34\n").expect("write");
-        let cg = TaskCgroups::for_task(CgroupMode::V1, root.path(), "/nonexistent/cpuset", "a", "t").expect("cg");
+        let cg =
+            TaskCgroups::for_task(CgroupMode::V1, root.path(), "/nonexistent/cpuset", "a", "t")
+                .expect("cg");
         assert_eq!(cg.procs_files(), vec![scope.join("cgroup.procs")]);
         assert_eq!(cg.pids(), vec![12, 34]);
     }
@@ -183,6 +212,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let f = dir.path().join("memory.stat");
         fs::write(&f, "anon 4096\nfile 8192\nbogus\n").expect("write");
-        assert_eq!(read_keyed(&f), vec![("anon".into(), 4096), ("file".into(), 8192)]);
+        assert_eq!(
+            read_keyed(&f),
+            vec![("anon".into(), 4096), ("file".into(), 8192)]
+        );
     }
 }

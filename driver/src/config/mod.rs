@@ -12,13 +12,23 @@ pub enum ConfigError {
     #[error("invalid {what}: {detail}")]
     Decode { what: &'static str, detail: String },
     #[error("invalid `{field}`: {problem}; {fix}")]
-    Invalid { field: &'static str, problem: String, fix: String },
+    Invalid {
+        field: &'static str,
+        problem: String,
+        fix: String,
+    },
 }
 
 /// Decodes msgpack into `T`, turning serde's message into one that names the field.
-pub fn decode_msgpack<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, ConfigError> {
-    let value: rmpv::Value = rmpv::decode::read_value(&mut &bytes[..])
-        .map_err(|e| ConfigError::Decode { what, detail: format!("not msgpack: {e}") })?;
+pub fn decode_msgpack<T: DeserializeOwned>(
+    bytes: &[u8],
+    what: &'static str,
+) -> Result<T, ConfigError> {
+    let value: rmpv::Value =
+        rmpv::decode::read_value(&mut &bytes[..]).map_err(|e| ConfigError::Decode {
+            what,
+            detail: format!("not msgpack: {e}"),
+        })?;
     if let rmpv::Value::Map(entries) = &value {
         // Decode field by field first, so a type error can say which field it is about.
         for (key, val) in entries {
@@ -27,10 +37,16 @@ pub fn decode_msgpack<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> 
             if let Err(e) = rmpv::ext::from_value::<T>(single) {
                 let msg = e.to_string();
                 if !msg.contains("missing field") {
-                    return Err(ConfigError::Decode { what, detail: format!("field `{name}`: {msg}") });
+                    return Err(ConfigError::Decode {
+                        what,
+                        detail: format!("field `{name}`: {msg}"),
+                    });
                 }
             }
         }
     }
-    rmpv::ext::from_value::<T>(value).map_err(|e| ConfigError::Decode { what, detail: e.to_string() })
+    rmpv::ext::from_value::<T>(value).map_err(|e| ConfigError::Decode {
+        what,
+        detail: e.to_string(),
+    })
 }

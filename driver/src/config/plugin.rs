@@ -17,7 +17,9 @@ pub struct PluginConfig {
 
 impl Default for PluginConfig {
     fn default() -> Self {
-        Self { state_dir: PathBuf::from(DEFAULT_STATE_DIR) }
+        Self {
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+        }
     }
 }
 
@@ -61,29 +63,54 @@ mod tests {
 
     #[test]
     fn empty_config_gives_defaults() {
-        assert_eq!(PluginConfig::decode(&[]).expect("decode"), PluginConfig::default());
+        assert_eq!(
+            PluginConfig::decode(&[]).expect("decode"),
+            PluginConfig::default()
+        );
     }
 
     #[test]
     fn null_state_dir_gives_default_and_value_is_used() {
-        let null = enc(&rmpv::Value::Map(vec![("state_dir".into(), rmpv::Value::Nil)]));
-        assert_eq!(PluginConfig::decode(&null).expect("decode").state_dir, PathBuf::from(DEFAULT_STATE_DIR));
-        let set = enc(&rmpv::Value::Map(vec![("state_dir".into(), "/tmp/x".into())]));
-        assert_eq!(PluginConfig::decode(&set).expect("decode").state_dir, PathBuf::from("/tmp/x"));
+        let null = enc(&rmpv::Value::Map(vec![(
+            "state_dir".into(),
+            rmpv::Value::Nil,
+        )]));
+        assert_eq!(
+            PluginConfig::decode(&null).expect("decode").state_dir,
+            PathBuf::from(DEFAULT_STATE_DIR)
+        );
+        let set = enc(&rmpv::Value::Map(vec![(
+            "state_dir".into(),
+            "/tmp/x".into(),
+        )]));
+        assert_eq!(
+            PluginConfig::decode(&set).expect("decode").state_dir,
+            PathBuf::from("/tmp/x")
+        );
     }
 
     #[test]
     fn relative_state_dir_is_rejected_naming_the_field() {
-        let bad = enc(&rmpv::Value::Map(vec![("state_dir".into(), "relative/dir".into())]));
-        let err = PluginConfig::decode(&bad).expect_err("must fail").to_string();
+        let bad = enc(&rmpv::Value::Map(vec![(
+            "state_dir".into(),
+            "relative/dir".into(),
+        )]));
+        let err = PluginConfig::decode(&bad)
+            .expect_err("must fail")
+            .to_string();
         assert!(err.contains("state_dir"), "{err}");
         assert!(err.contains("absolute"), "{err}");
     }
 
     #[test]
     fn wrong_type_names_the_field() {
-        let bad = enc(&rmpv::Value::Map(vec![("state_dir".into(), rmpv::Value::from(5))]));
-        let err = PluginConfig::decode(&bad).expect_err("must fail").to_string();
+        let bad = enc(&rmpv::Value::Map(vec![(
+            "state_dir".into(),
+            rmpv::Value::from(5),
+        )]));
+        let err = PluginConfig::decode(&bad)
+            .expect_err("must fail")
+            .to_string();
         assert!(err.contains("state_dir"), "{err}");
     }
 }

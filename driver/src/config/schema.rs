@@ -5,7 +5,13 @@ use bpfexec_proto::hclspec::{self, Spec, spec::Block};
 
 /// A named attribute of HCL type `ty` (e.g. `string`, `list(string)`).
 pub fn attr(name: &str, ty: &str, required: bool) -> Spec {
-    Spec { block: Some(Block::Attr(hclspec::Attr { name: name.into(), r#type: ty.into(), required })) }
+    Spec {
+        block: Some(Block::Attr(hclspec::Attr {
+            name: name.into(),
+            r#type: ty.into(),
+            required,
+        })),
+    }
 }
 
 /// An optional attribute that falls back to `default_hcl` (HCL source: strings need quotes).
@@ -14,7 +20,9 @@ pub fn with_default(name: &str, ty: &str, default_hcl: &str) -> Spec {
         block: Some(Block::Default(Box::new(hclspec::Default {
             primary: Some(Box::new(attr(name, ty, false))),
             default: Some(Box::new(Spec {
-                block: Some(Block::Literal(hclspec::Literal { value: default_hcl.into() })),
+                block: Some(Block::Literal(hclspec::Literal {
+                    value: default_hcl.into(),
+                })),
             })),
         }))),
     }
@@ -39,13 +47,20 @@ pub fn hcl_string(s: &str) -> String {
 pub fn plugin_schema() -> Spec {
     object(vec![(
         "state_dir",
-        with_default("state_dir", "string", &hcl_string(super::plugin::DEFAULT_STATE_DIR)),
+        with_default(
+            "state_dir",
+            "string",
+            &hcl_string(super::plugin::DEFAULT_STATE_DIR),
+        ),
     )])
 }
 
 /// Schema of a job task's `config { … }`.
 pub fn task_schema() -> Spec {
-    object(vec![("command", attr("command", "string", true)), ("args", attr("args", "list(string)", false))])
+    object(vec![
+        ("command", attr("command", "string", true)),
+        ("args", attr("args", "list(string)", false)),
+    ])
 }
 
 #[cfg(test)]
@@ -54,21 +69,35 @@ mod tests {
 
     #[test]
     fn task_schema_requires_command() {
-        let Some(Block::Object(obj)) = task_schema().block else { panic!("object") };
-        let Some(Block::Attr(cmd)) = obj.attributes["command"].block.clone() else { panic!("attr") };
+        let Some(Block::Object(obj)) = task_schema().block else {
+            panic!("object")
+        };
+        let Some(Block::Attr(cmd)) = obj.attributes["command"].block.clone() else {
+            panic!("attr")
+        };
         assert!(cmd.required);
         assert_eq!(cmd.r#type, "string");
-        let Some(Block::Attr(args)) = obj.attributes["args"].block.clone() else { panic!("attr") };
+        let Some(Block::Attr(args)) = obj.attributes["args"].block.clone() else {
+            panic!("attr")
+        };
         assert_eq!(args.r#type, "list(string)");
     }
 
     #[test]
     fn defaults_name_their_attribute_and_quote_strings() {
-        let Some(Block::Object(obj)) = plugin_schema().block else { panic!("object") };
-        let Some(Block::Default(d)) = obj.attributes["state_dir"].block.clone() else { panic!("default") };
-        let Some(Block::Attr(a)) = d.primary.and_then(|p| p.block) else { panic!("attr") };
+        let Some(Block::Object(obj)) = plugin_schema().block else {
+            panic!("object")
+        };
+        let Some(Block::Default(d)) = obj.attributes["state_dir"].block.clone() else {
+            panic!("default")
+        };
+        let Some(Block::Attr(a)) = d.primary.and_then(|p| p.block) else {
+            panic!("attr")
+        };
         assert_eq!(a.name, "state_dir");
-        let Some(Block::Literal(l)) = d.default.and_then(|p| p.block) else { panic!("literal") };
+        let Some(Block::Literal(l)) = d.default.and_then(|p| p.block) else {
+            panic!("literal")
+        };
         assert_eq!(l.value, "\"/run/bpfexec\"");
     }
 

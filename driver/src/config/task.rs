@@ -35,7 +35,10 @@ impl TaskConfig {
                 fix: "set config { command = \"/path/to/program\" }".into(),
             });
         }
-        Ok(Self { command, args: raw.args.unwrap_or_default() })
+        Ok(Self {
+            command,
+            args: raw.args.unwrap_or_default(),
+        })
     }
 }
 
@@ -52,26 +55,47 @@ mod tests {
 
     #[test]
     fn decodes_command_and_args_with_nulls() {
-        let v = Value::Map(vec![("args".into(), Value::Nil), ("command".into(), "/bin/true".into())]);
-        let cfg = TaskConfig::decode(&enc(&v)).expect("decode");
-        assert_eq!(cfg, TaskConfig { command: "/bin/true".into(), args: vec![] });
         let v = Value::Map(vec![
-            ("args".into(), Value::Array(vec!["-c".into(), "echo hi".into()])),
+            ("args".into(), Value::Nil),
+            ("command".into(), "/bin/true".into()),
+        ]);
+        let cfg = TaskConfig::decode(&enc(&v)).expect("decode");
+        assert_eq!(
+            cfg,
+            TaskConfig {
+                command: "/bin/true".into(),
+                args: vec![]
+            }
+        );
+        let v = Value::Map(vec![
+            (
+                "args".into(),
+                Value::Array(vec!["-c".into(), "echo hi".into()]),
+            ),
             ("command".into(), "/bin/sh".into()),
         ]);
-        assert_eq!(TaskConfig::decode(&enc(&v)).expect("decode").args, vec!["-c", "echo hi"]);
+        assert_eq!(
+            TaskConfig::decode(&enc(&v)).expect("decode").args,
+            vec!["-c", "echo hi"]
+        );
     }
 
     #[test]
     fn missing_command_names_the_field() {
-        let v = Value::Map(vec![("args".into(), Value::Nil), ("command".into(), Value::Nil)]);
+        let v = Value::Map(vec![
+            ("args".into(), Value::Nil),
+            ("command".into(), Value::Nil),
+        ]);
         let err = TaskConfig::decode(&enc(&v)).expect_err("fails").to_string();
         assert!(err.contains("command"), "{err}");
     }
 
     #[test]
     fn wrong_type_names_the_field() {
-        let v = Value::Map(vec![("args".into(), "notalist".into()), ("command".into(), "/bin/true".into())]);
+        let v = Value::Map(vec![
+            ("args".into(), "notalist".into()),
+            ("command".into(), "/bin/true".into()),
+        ]);
         let err = TaskConfig::decode(&enc(&v)).expect_err("fails").to_string();
         assert!(err.contains("args"), "{err}");
     }

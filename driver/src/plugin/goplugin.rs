@@ -5,8 +5,8 @@
 use std::pin::Pin;
 
 use bpfexec_proto::plugin::{
-    ConnInfo, Empty, StdioData, grpc_broker_server::GrpcBroker, grpc_controller_server::GrpcController,
-    grpc_stdio_server::GrpcStdio,
+    ConnInfo, Empty, StdioData, grpc_broker_server::GrpcBroker,
+    grpc_controller_server::GrpcController, grpc_stdio_server::GrpcStdio,
 };
 use futures::Stream;
 use tokio::sync::watch;
@@ -38,7 +38,10 @@ pub struct Stdio;
 impl GrpcStdio for Stdio {
     type StreamStdioStream = Pending<StdioData>;
 
-    async fn stream_stdio(&self, _: Request<()>) -> Result<Response<Self::StreamStdioStream>, Status> {
+    async fn stream_stdio(
+        &self,
+        _: Request<()>,
+    ) -> Result<Response<Self::StreamStdioStream>, Status> {
         Ok(Response::new(pending()))
     }
 }
@@ -49,7 +52,10 @@ pub struct Broker;
 impl GrpcBroker for Broker {
     type StartStreamStream = Pending<ConnInfo>;
 
-    async fn start_stream(&self, _: Request<Streaming<ConnInfo>>) -> Result<Response<Self::StartStreamStream>, Status> {
+    async fn start_stream(
+        &self,
+        _: Request<Streaming<ConnInfo>>,
+    ) -> Result<Response<Self::StartStreamStream>, Status> {
         Ok(Response::new(pending()))
     }
 }

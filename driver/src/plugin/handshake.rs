@@ -17,7 +17,9 @@ pub enum HandshakeError {
          `plugin \"nomad-driver-bpfexec\" {{}}` to the agent configuration."
     )]
     NoCookie,
-    #[error("Nomad asked for plugin protocol versions {0:?}, but this driver speaks version {APP_PROTOCOL}")]
+    #[error(
+        "Nomad asked for plugin protocol versions {0:?}, but this driver speaks version {APP_PROTOCOL}"
+    )]
     Protocol(String),
     #[error("cannot create the plugin socket in {dir}: {source}")]
     Socket { dir: PathBuf, source: io::Error },
@@ -50,13 +52,18 @@ pub fn socket_path(dir_override: Option<&Path>) -> PathBuf {
 
 /// The handshake line for a unix socket.
 pub fn line(socket: &Path) -> String {
-    format!("{CORE_PROTOCOL}|{APP_PROTOCOL}|unix|{}|grpc|\n", socket.display())
+    format!(
+        "{CORE_PROTOCOL}|{APP_PROTOCOL}|unix|{}|grpc|\n",
+        socket.display()
+    )
 }
 
 /// Prints the handshake line; must be the first thing ever written to stdout.
 pub fn announce(socket: &Path) -> Result<(), HandshakeError> {
     let mut out = io::stdout().lock();
-    out.write_all(line(socket).as_bytes()).and_then(|()| out.flush()).map_err(HandshakeError::Stdout)
+    out.write_all(line(socket).as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(HandshakeError::Stdout)
 }
 
 #[cfg(test)]
@@ -65,12 +72,21 @@ mod tests {
 
     #[test]
     fn cookie_is_required() {
-        assert!(matches!(check_env(None, None), Err(HandshakeError::NoCookie)));
-        assert!(matches!(check_env(Some("nope"), None), Err(HandshakeError::NoCookie)));
+        assert!(matches!(
+            check_env(None, None),
+            Err(HandshakeError::NoCookie)
+        ));
+        assert!(matches!(
+            check_env(Some("nope"), None),
+            Err(HandshakeError::NoCookie)
+        ));
         assert!(check_env(Some(COOKIE_VALUE), Some("2")).is_ok());
         assert!(check_env(Some(COOKIE_VALUE), Some("1,2")).is_ok());
         assert!(check_env(Some(COOKIE_VALUE), None).is_ok());
-        assert!(matches!(check_env(Some(COOKIE_VALUE), Some("3")), Err(HandshakeError::Protocol(_))));
+        assert!(matches!(
+            check_env(Some(COOKIE_VALUE), Some("3")),
+            Err(HandshakeError::Protocol(_))
+        ));
     }
 
     #[test]
@@ -84,6 +100,10 @@ mod tests {
     fn socket_paths_live_in_the_requested_dir() {
         let p = socket_path(Some(Path::new("/run/x")));
         assert!(p.starts_with("/run/x"));
-        assert!(p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("plugin")));
+        assert!(
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("plugin"))
+        );
     }
 }

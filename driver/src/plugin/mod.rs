@@ -47,8 +47,13 @@ pub fn run() -> i32 {
     // The plugin shares the agent's process group: Ctrl-C on the agent must not kill us.
     // SAFETY: SIG_IGN installs no handler code.
     unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
-    let result = runtime.map_err(PluginError::Runtime).and_then(|rt| rt.block_on(serve()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build();
+    let result = runtime
+        .map_err(PluginError::Runtime)
+        .and_then(|rt| rt.block_on(serve()));
     match result {
         Ok(()) => 0,
         Err(e) => {
@@ -61,12 +66,15 @@ pub fn run() -> i32 {
 async fn serve() -> Result<(), PluginError> {
     let dir = std::env::var_os("PLUGIN_UNIX_SOCKET_DIR").map(PathBuf::from);
     let path = handshake::socket_path(dir.as_deref());
-    let listener = UnixListener::bind(&path).map_err(|source| handshake::HandshakeError::Socket {
-        dir: path.parent().map(PathBuf::from).unwrap_or_default(),
-        source,
-    })?;
+    let listener =
+        UnixListener::bind(&path).map_err(|source| handshake::HandshakeError::Socket {
+            dir: path.parent().map(PathBuf::from).unwrap_or_default(),
+            source,
+        })?;
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter.set_service_status("plugin", tonic_health::ServingStatus::Serving).await;
+    health_reporter
+        .set_service_status("plugin", tonic_health::ServingStatus::Serving)
+        .await;
     let rt = Runtime::new();
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
     let mut grace_rx = shutdown_tx.subscribe();
@@ -81,7 +89,9 @@ async fn serve() -> Result<(), PluginError> {
         .max_encoding_message_size(MAX_MESSAGE);
     let server = tonic::transport::Server::builder()
         .add_service(health)
-        .add_service(GrpcControllerServer::new(goplugin::Controller { shutdown: shutdown_tx }))
+        .add_service(GrpcControllerServer::new(goplugin::Controller {
+            shutdown: shutdown_tx,
+        }))
         .add_service(GrpcStdioServer::new(goplugin::Stdio))
         .add_service(GrpcBrokerServer::new(goplugin::Broker))
         .add_service(base)

@@ -61,7 +61,9 @@ fn run(dir: &Path) -> io::Result<()> {
     let record = wait_for(child)?;
     // Whatever the main process left behind in its process group ends with it, as in exec.
     if let Err(e) = crate::procfs::signal_group(pid, libc::SIGKILL) {
-        log(&format!("could not kill the rest of process group {pid}: {e}"));
+        log(&format!(
+            "could not kill the rest of process group {pid}: {e}"
+        ));
     }
     record::write_json(dir, EXIT_FILE, &record)?;
     log(&format!(
@@ -143,12 +145,21 @@ fn reset_signals() {
 }
 
 fn join_cgroup(procs_file: &Path) -> io::Result<()> {
-    let mut file = OpenOptions::new().write(true).open(procs_file).map_err(|e| {
-        io::Error::new(e.kind(), format!("cannot open {}: {e}", procs_file.display()))
-    })?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .open(procs_file)
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot open {}: {e}", procs_file.display()),
+            )
+        })?;
     // "0" means the writing process itself.
     file.write_all(b"0").map_err(|e| {
-        io::Error::new(e.kind(), format!("cannot join cgroup {}: {e}", procs_file.display()))
+        io::Error::new(
+            e.kind(),
+            format!("cannot join cgroup {}: {e}", procs_file.display()),
+        )
     })
 }
 

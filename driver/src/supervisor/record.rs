@@ -6,8 +6,8 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 pub const SPEC_FILE: &str = "spec.json";
 pub const EXIT_FILE: &str = "exit.json";
@@ -37,14 +37,24 @@ impl ExitRecord {
     pub fn from_status(status: std::process::ExitStatus, finished_at_ms: u64) -> Self {
         use std::os::unix::process::ExitStatusExt;
         match (status.code(), status.signal()) {
-            (Some(code), _) => Self { exit_code: code, signal: 0, core_dumped: false, finished_at_ms },
+            (Some(code), _) => Self {
+                exit_code: code,
+                signal: 0,
+                core_dumped: false,
+                finished_at_ms,
+            },
             (None, Some(sig)) => Self {
                 exit_code: 128 + sig,
                 signal: sig,
                 core_dumped: status.core_dumped(),
                 finished_at_ms,
             },
-            (None, None) => Self { exit_code: -1, signal: 0, core_dumped: false, finished_at_ms },
+            (None, None) => Self {
+                exit_code: -1,
+                signal: 0,
+                core_dumped: false,
+                finished_at_ms,
+            },
         }
     }
 }
@@ -58,7 +68,13 @@ pub fn task_state_dir(state_dir: &Path, task_id: &str) -> PathBuf {
 pub fn sanitize(task_id: &str) -> String {
     task_id
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -76,7 +92,10 @@ pub fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Result
 pub fn read_json<T: DeserializeOwned>(dir: &Path, name: &str) -> io::Result<Option<T>> {
     match fs::read(dir.join(name)) {
         Ok(data) => serde_json::from_slice(&data).map(Some).map_err(|e| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", dir.join(name).display()))
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {e}", dir.join(name).display()),
+            )
         }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
@@ -101,23 +120,43 @@ mod tests {
         let exited = ExitRecord::from_status(ExitStatus::from_raw(3 << 8), 1);
         assert_eq!((exited.exit_code, exited.signal), (3, 0));
         let killed = ExitRecord::from_status(ExitStatus::from_raw(9), 1);
-        assert_eq!((killed.exit_code, killed.signal, killed.core_dumped), (137, 9, false));
-        let cored = ExitRecord::from_status(ExitStatus::from_raw(11 | 0x80), 1);
-        assert_eq!((cored.exit_code, cored.signal, cored.core_dumped), (139, 11, true));
+        assert_eq!(
+            (killed.exit_code, killed.signal, killed.core_dumped),
+            (137, 9, false)
+        );
+        let cored = ExitRecord::from_status(ExitStatus::from_raw(0x0b | 0x80), 1);
+        assert_eq!(
+            (cored.exit_code, cored.signal, cored.core_dumped),
+            (139, 11, true)
+        );
     }
 
     #[test]
     fn json_round_trip_and_missing_file() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let rec = ExitRecord { exit_code: 7, signal: 0, core_dumped: false, finished_at_ms: 42 };
+        let rec = ExitRecord {
+            exit_code: 7,
+            signal: 0,
+            core_dumped: false,
+            finished_at_ms: 42,
+        };
         write_json(dir.path(), EXIT_FILE, &rec).expect("write");
-        assert_eq!(read_json::<ExitRecord>(dir.path(), EXIT_FILE).expect("read"), Some(rec));
-        assert_eq!(read_json::<ExitRecord>(dir.path(), "nope.json").expect("read"), None);
+        assert_eq!(
+            read_json::<ExitRecord>(dir.path(), EXIT_FILE).expect("read"),
+            Some(rec)
+        );
+        assert_eq!(
+            read_json::<ExitRecord>(dir.path(), "nope.json").expect("read"),
+            None
+        );
     }
 
     #[test]
     fn task_ids_become_one_path_component() {
-        assert_eq!(sanitize("4f1c/web server/abcd1234"), "4f1c_web_server_abcd1234");
+        assert_eq!(
+            sanitize("4f1c/web server/abcd1234"),
+            "4f1c_web_server_abcd1234"
+        );
         assert_eq!(sanitize("../x"), ".._x");
     }
 }

@@ -71,8 +71,17 @@ impl Task {
 
     /// Pids that belong to the task now: its cgroup's members, or its process group's.
     pub fn pids(&self) -> Vec<u32> {
-        let from_cgroup = self.state.cgroups.as_ref().map(TaskCgroups::pids).unwrap_or_default();
-        if from_cgroup.is_empty() && self.is_running() { procfs::group_members(self.state.pid) } else { from_cgroup }
+        let from_cgroup = self
+            .state
+            .cgroups
+            .as_ref()
+            .map(TaskCgroups::pids)
+            .unwrap_or_default();
+        if from_cgroup.is_empty() && self.is_running() {
+            procfs::group_members(self.state.pid)
+        } else {
+            from_cgroup
+        }
     }
 }
 
@@ -91,11 +100,16 @@ pub struct TaskManager {
 
 impl TaskManager {
     fn table(&self) -> MutexGuard<'_, HashMap<String, Arc<Task>>> {
-        self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn get(&self, id: &str) -> Result<Arc<Task>, DriverError> {
-        self.table().get(id).cloned().ok_or_else(|| DriverError::NotFound(id.to_owned()))
+        self.table()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| DriverError::NotFound(id.to_owned()))
     }
 
     pub fn all(&self) -> Vec<Arc<Task>> {
@@ -103,7 +117,11 @@ impl TaskManager {
     }
 
     /// StartTask: launches the supervisor and returns the state to put in the handle.
-    pub async fn start(&self, ctx: &StartContext, cfg: drivers::TaskConfig) -> Result<DriverState, DriverError> {
+    pub async fn start(
+        &self,
+        ctx: &StartContext,
+        cfg: drivers::TaskConfig,
+    ) -> Result<DriverState, DriverError> {
         if let Ok(existing) = self.get(&cfg.id) {
             return Ok(existing.state.clone());
         }
@@ -112,7 +130,13 @@ impl TaskManager {
         let task_dir = Path::new(&cfg.alloc_dir).join(&cfg.name);
         let program = launch::resolve_program(&cfg.id, &task_cfg.command, &task_dir, &env)?;
         let cgroups = ctx.cgroup_mode.and_then(|mode| {
-            let cpuset = cfg.resources.as_ref()?.linux_resources.as_ref()?.cpuset_cgroup.clone();
+            let cpuset = cfg
+                .resources
+                .as_ref()?
+                .linux_resources
+                .as_ref()?
+                .cpuset_cgroup
+                .clone();
             TaskCgroups::for_task(mode, &ctx.cgroup_root, &cpuset, &cfg.alloc_id, &cfg.name)
         });
         let spec = LaunchSpec {
@@ -121,10 +145,17 @@ impl TaskManager {
             argv0: task_cfg.command.clone(),
             args: task_cfg.args.clone(),
             env,
-            cwd: if task_dir.is_dir() { task_dir } else { PathBuf::from("/") },
+            cwd: if task_dir.is_dir() {
+                task_dir
+            } else {
+                PathBuf::from("/")
+            },
             stdout_path: PathBuf::from(&cfg.stdout_path),
             stderr_path: PathBuf::from(&cfg.stderr_path),
-            cgroup_procs: cgroups.as_ref().map(TaskCgroups::procs_files).unwrap_or_default(),
+            cgroup_procs: cgroups
+                .as_ref()
+                .map(TaskCgroups::procs_files)
+                .unwrap_or_default(),
         };
         let dir = task_state_dir(&ctx.state_dir, &cfg.id);
         let launched = match launch::launch(&dir, &spec).await {
@@ -159,29 +190,55 @@ impl TaskManager {
         Ok(state)
     }
 
-    fn insert(&self, config: drivers::TaskConfig, state: DriverState, supervisor: PidFd, main: Option<PidFd>) {
+    fn insert(
+        &self,
+        config: drivers::TaskConfig,
+        state: DriverState,
+        supervisor: PidFd,
+        main: Option<PidFd>,
+    ) {
         let (tx, rx) = tokio_watch::channel(None);
         watch::spawn(supervisor, state.dir.clone(), tx);
-        let task = Arc::new(Task { config, state, main, exit: rx });
+        let task = Arc::new(Task {
+            config,
+            state,
+            main,
+            exit: rx,
+        });
         self.table().insert(task.state.task_id.clone(), task);
     }
 
     fn insert_exited(&self, config: drivers::TaskConfig, state: DriverState, outcome: Outcome) {
         let (_tx, rx) = tokio_watch::channel(Some(outcome));
-        let task = Arc::new(Task { config, state, main: None, exit: rx });
+        let task = Arc::new(Task {
+            config,
+            state,
+            main: None,
+            exit: rx,
+        });
         self.table().insert(task.state.task_id.clone(), task);
     }
 
     /// RecoverTask: re-attaches to a task from its handle; idempotent.
     pub fn recover(&self, handle: &drivers::TaskHandle) -> Result<(), DriverError> {
         let config = handle.config.clone().unwrap_or_default();
-        let state = DriverState::decode(&handle.driver_state)
-            .map_err(|reason| DriverError::Recover { task: config.id.clone(), reason })?;
-        let id = if config.id.is_empty() { state.task_id.clone() } else { config.id.clone() };
+        let state =
+            DriverState::decode(&handle.driver_state).map_err(|reason| DriverError::Recover {
+                task: config.id.clone(),
+                reason,
+            })?;
+        let id = if config.id.is_empty() {
+            state.task_id.clone()
+        } else {
+            config.id.clone()
+        };
         if self.get(&id).is_ok() {
             return Ok(());
         }
-        let recover_err = |reason: String| DriverError::Recover { task: id.clone(), reason };
+        let recover_err = |reason: String| DriverError::Recover {
+            task: id.clone(),
+            reason,
+        };
         match PidFd::open(state.supervisor_pid, Some(state.supervisor_start_time)) {
             Ok(supervisor) => {
                 let main = PidFd::open(state.pid, Some(state.start_time)).ok();
@@ -222,21 +279,29 @@ impl TaskManager {
 
     /// DestroyTask: forget the task and remove its state; with `force`, kill it first.
     pub async fn destroy(&self, id: &str, force: bool) -> Result<(), DriverError> {
-        let Ok(task) = self.get(id) else { return Ok(()) };
+        let Ok(task) = self.get(id) else {
+            return Ok(());
+        };
         if task.is_running() {
             if !force {
-                return Err(DriverError::StillRunning { task: id.to_owned(), hint: "stop it first or destroy with force" });
+                return Err(DriverError::StillRunning {
+                    task: id.to_owned(),
+                    hint: "stop it first or destroy with force",
+                });
             }
             stop::kill_everything(&task).await;
             if !task.wait_for(Duration::from_secs(10)).await {
-                return Err(DriverError::StillRunning { task: id.to_owned(), hint: "it survived SIGKILL for 10s" });
+                return Err(DriverError::StillRunning {
+                    task: id.to_owned(),
+                    hint: "it survived SIGKILL for 10s",
+                });
             }
         }
         self.table().remove(id);
-        if let Err(e) = std::fs::remove_dir_all(&task.state.dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(task_id = id, error = %e, "could not remove the task's state directory");
-            }
+        if let Err(e) = std::fs::remove_dir_all(&task.state.dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(task_id = id, error = %e, "could not remove the task's state directory");
         }
         Ok(())
     }

@@ -34,9 +34,13 @@ impl DriverState {
         if bytes.is_empty() {
             return Err("the task handle carries no driver state".into());
         }
-        let st: Self = serde_json::from_slice(bytes).map_err(|e| format!("driver state is not ours: {e}"))?;
+        let st: Self =
+            serde_json::from_slice(bytes).map_err(|e| format!("driver state is not ours: {e}"))?;
         if st.version != STATE_VERSION {
-            return Err(format!("driver state version {} is not supported (want {STATE_VERSION})", st.version));
+            return Err(format!(
+                "driver state version {} is not supported (want {STATE_VERSION})",
+                st.version
+            ));
         }
         Ok(st)
     }
@@ -55,13 +59,25 @@ pub struct Outcome {
 
 impl From<ExitRecord> for Outcome {
     fn from(r: ExitRecord) -> Self {
-        Self { exit_code: r.exit_code, signal: r.signal, oom_killed: false, err: None, finished_at_ms: r.finished_at_ms }
+        Self {
+            exit_code: r.exit_code,
+            signal: r.signal,
+            oom_killed: false,
+            err: None,
+            finished_at_ms: r.finished_at_ms,
+        }
     }
 }
 
 impl Outcome {
     pub fn lost(reason: String) -> Self {
-        Self { exit_code: -1, signal: 0, oom_killed: false, err: Some(reason), finished_at_ms: crate::supervisor::record::now_ms() }
+        Self {
+            exit_code: -1,
+            signal: 0,
+            oom_killed: false,
+            err: Some(reason),
+            finished_at_ms: crate::supervisor::record::now_ms(),
+        }
     }
 }
 
@@ -95,6 +111,10 @@ mod tests {
         assert!(DriverState::decode(b"\x81\xa1a\x01").is_err());
         let mut st = sample();
         st.version = 99;
-        assert!(DriverState::decode(&st.encode()).expect_err("future").contains("version 99"));
+        assert!(
+            DriverState::decode(&st.encode())
+                .expect_err("future")
+                .contains("version 99")
+        );
     }
 }

@@ -26,7 +26,10 @@ pub async fn stop(task: &Task, timeout: Duration, signal: i32) -> Result<(), Dri
     if task.wait_for(AFTER_KILL).await {
         Ok(())
     } else {
-        Err(DriverError::StillRunning { task: task.state.task_id.clone(), hint: "it survived SIGKILL for 15s" })
+        Err(DriverError::StillRunning {
+            task: task.state.task_id.clone(),
+            hint: "it survived SIGKILL for 15s",
+        })
     }
 }
 
@@ -39,8 +42,12 @@ pub async fn kill_everything(task: &Task) {
     if let Some(cg) = task.state.cgroups.clone() {
         let killed = tokio::task::spawn_blocking(move || crate::cgroups::kill_all(&cg)).await;
         match killed {
-            Ok(Ok(n)) if n > 0 => tracing::info!(task_id = %task.state.task_id, processes = n, "killed processes left in the task cgroup"),
-            Ok(Err(e)) => tracing::warn!(task_id = %task.state.task_id, error = %e, "could not kill the task cgroup"),
+            Ok(Ok(n)) if n > 0 => {
+                tracing::info!(task_id = %task.state.task_id, processes = n, "killed processes left in the task cgroup")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(task_id = %task.state.task_id, error = %e, "could not kill the task cgroup")
+            }
             _ => {}
         }
     }

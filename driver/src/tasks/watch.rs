@@ -31,7 +31,12 @@ pub fn spawn(pidfd: PidFd, dir: std::path::PathBuf, tx: watch::Sender<Option<Out
             )),
             Err(e) => Outcome::lost(e),
         };
-        tracing::info!(pid, exit_code = outcome.exit_code, signal = outcome.signal, "task exited");
+        tracing::info!(
+            pid,
+            exit_code = outcome.exit_code,
+            signal = outcome.signal,
+            "task exited"
+        );
         let _ = tx.send(Some(outcome));
     });
 }
@@ -43,7 +48,9 @@ async fn wait_exit(pidfd: PidFd) {
     let registered = unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) };
     match registered {
         Ok(fd) => loop {
-            let Ok(mut guard) = fd.readable().await else { break };
+            let Ok(mut guard) = fd.readable().await else {
+                break;
+            };
             if guard.get_inner().has_exited() {
                 return;
             }
