@@ -98,7 +98,7 @@ impl Runtime {
         let compute =
             Compute::from_topology(nomad.driver.as_ref().and_then(|d| d.topology.as_ref()));
         let start = StartContext {
-            state_dir: plugin.state_dir.clone(),
+            plugin: plugin.clone(),
             cgroup_mode: self.cgroup_mode,
             cgroup_root: PathBuf::from(cgroups::DEFAULT_ROOT),
         };

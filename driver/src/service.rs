@@ -83,10 +83,14 @@ impl Driver for DriverService {
             capabilities: Some(drivers::DriverCapabilities {
                 send_signals: true,
                 exec: false,
-                fs_isolation: FsIsolation::None as i32,
-                network_isolation_modes: vec![NetworkIsolationMode::Host as i32],
+                // IMAGE: the client builds no chroot; we assemble the task's root ourselves.
+                fs_isolation: FsIsolation::Image as i32,
+                network_isolation_modes: vec![
+                    NetworkIsolationMode::Host as i32,
+                    NetworkIsolationMode::Group as i32,
+                ],
                 must_create_network: false,
-                mount_configs: MountConfigs::NoMounts as i32,
+                mount_configs: MountConfigs::UnknownMounts as i32,
                 disable_log_collection: false,
                 dynamic_workload_users: false,
             }),

@@ -7,6 +7,7 @@
 //! `<root>/<controller>/nomad/<allocID>.<task>`.
 
 mod kill;
+pub mod limits;
 
 use std::fs;
 use std::io;

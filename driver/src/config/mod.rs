@@ -1,7 +1,9 @@
 //! Configuration: hclspec schemas for Nomad, and decoding of the cty-msgpack bytes Nomad sends
 //! (maps with every schema key present, nil for absent values).
 
+pub mod number;
 pub mod plugin;
+pub mod ranges;
 pub mod schema;
 pub mod task;
 

@@ -1,24 +1,79 @@
-//! The plugin's agent-side configuration, decoded from the cty-msgpack bytes Nomad sends in
-//! SetConfig, and validated with errors that name the offending field.
+//! The plugin's agent-side configuration (`plugin "nomad-driver-bpfexec" { config {} }`), decoded
+//! from the cty-msgpack bytes Nomad sends in SetConfig and validated with errors that name the
+//! offending field. Option names and defaults follow Nomad's exec driver and client.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Deserialize;
 
 use super::ConfigError;
+use super::ranges::IdRanges;
+use super::task::NsMode;
 
 pub const DEFAULT_STATE_DIR: &str = "/run/bpfexec";
 
+/// Docker's default capabilities minus NET_RAW, as Nomad's exec allows by default.
+pub const DEFAULT_ALLOW_CAPS: [&str; 13] = [
+    "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "MKNOD",
+    "NET_BIND_SERVICE",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYS_CHROOT",
+];
+
+/// Host paths bind-mounted (read-only) into every isolated task, as exec's default chroot_env.
+pub const DEFAULT_CHROOT_ENV: [&str; 9] = [
+    "/bin",
+    "/etc",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/run/resolvconf",
+    "/run/systemd/resolve",
+    "/sbin",
+    "/usr",
+];
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginConfig {
-    /// Where per-task supervisor state lives (spec, exit records, logs).
+    /// Where per-task supervisor state lives (spec, exit records, logs, mount points).
     pub state_dir: PathBuf,
+    pub default_pid_mode: NsMode,
+    pub default_ipc_mode: NsMode,
+    /// Capability names without `CAP_`, upper case; `ALL` allowed.
+    pub allow_caps: Vec<String>,
+    pub denied_host_uids: IdRanges,
+    pub denied_host_gids: IdRanges,
+    /// Host path → path inside the task.
+    pub chroot_env: BTreeMap<String, String>,
+    pub no_pivot_root: bool,
+    pub allow_unisolated: bool,
 }
 
 impl Default for PluginConfig {
     fn default() -> Self {
         Self {
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            default_pid_mode: NsMode::Private,
+            default_ipc_mode: NsMode::Private,
+            allow_caps: DEFAULT_ALLOW_CAPS.iter().map(|s| (*s).to_owned()).collect(),
+            denied_host_uids: IdRanges::default(),
+            denied_host_gids: IdRanges::default(),
+            chroot_env: DEFAULT_CHROOT_ENV
+                .iter()
+                .map(|p| ((*p).to_owned(), (*p).to_owned()))
+                .collect(),
+            no_pivot_root: false,
+            allow_unisolated: false,
         }
     }
 }
@@ -26,16 +81,24 @@ impl Default for PluginConfig {
 #[derive(Debug, Deserialize)]
 struct Raw {
     state_dir: Option<String>,
+    default_pid_mode: Option<String>,
+    default_ipc_mode: Option<String>,
+    allow_caps: Option<Vec<String>>,
+    denied_host_uids: Option<String>,
+    denied_host_gids: Option<String>,
+    chroot_env: Option<BTreeMap<String, String>>,
+    no_pivot_root: Option<bool>,
+    allow_unisolated: Option<bool>,
 }
 
 impl PluginConfig {
     /// Decodes and validates; empty bytes (no config block) give the defaults.
     pub fn decode(msgpack: &[u8]) -> Result<Self, ConfigError> {
+        let mut cfg = Self::default();
         if msgpack.is_empty() {
-            return Ok(Self::default());
+            return Ok(cfg);
         }
         let raw: Raw = super::decode_msgpack(msgpack, "plugin config")?;
-        let mut cfg = Self::default();
         if let Some(dir) = raw.state_dir.filter(|d| !d.is_empty()) {
             let dir = PathBuf::from(dir);
             if !dir.is_absolute() {
@@ -47,6 +110,42 @@ impl PluginConfig {
             }
             cfg.state_dir = dir;
         }
+        if let Some(m) = raw.default_pid_mode.filter(|m| !m.is_empty()) {
+            cfg.default_pid_mode = NsMode::parse("default_pid_mode", &m)?;
+        }
+        if let Some(m) = raw.default_ipc_mode.filter(|m| !m.is_empty()) {
+            cfg.default_ipc_mode = NsMode::parse("default_ipc_mode", &m)?;
+        }
+        if let Some(caps) = raw.allow_caps {
+            cfg.allow_caps = caps
+                .iter()
+                .map(|c| crate::isolation::caps::normalize(c).map_err(|problem| ConfigError::Invalid {
+                    field: "allow_caps",
+                    problem,
+                    fix: "use capability names such as \"chown\" or \"CAP_NET_BIND_SERVICE\", or \"all\"".into(),
+                }))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(r) = raw.denied_host_uids {
+            cfg.denied_host_uids = IdRanges::parse("denied_host_uids", &r)?;
+        }
+        if let Some(r) = raw.denied_host_gids {
+            cfg.denied_host_gids = IdRanges::parse("denied_host_gids", &r)?;
+        }
+        if let Some(env) = raw.chroot_env {
+            for (host, task) in &env {
+                if !host.starts_with('/') || !task.starts_with('/') {
+                    return Err(ConfigError::Invalid {
+                        field: "chroot_env",
+                        problem: format!("{host:?} = {task:?} is not a pair of absolute paths"),
+                        fix: "map absolute host paths to absolute task paths, e.g. chroot_env { \"/usr\" = \"/usr\" }".into(),
+                    });
+                }
+            }
+            cfg.chroot_env = env;
+        }
+        cfg.no_pivot_root = raw.no_pivot_root.unwrap_or(false);
+        cfg.allow_unisolated = raw.allow_unisolated.unwrap_or(false);
         Ok(cfg)
     }
 }
@@ -54,63 +153,78 @@ impl PluginConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rmpv::Value;
 
-    fn enc(v: &rmpv::Value) -> Vec<u8> {
+    fn enc(pairs: Vec<(&str, Value)>) -> Vec<u8> {
+        let v = Value::Map(pairs.into_iter().map(|(k, v)| (k.into(), v)).collect());
         let mut buf = Vec::new();
-        rmpv::encode::write_value(&mut buf, v).expect("encode");
+        rmpv::encode::write_value(&mut buf, &v).expect("encode");
         buf
     }
 
     #[test]
-    fn empty_config_gives_defaults() {
+    fn empty_config_gives_exec_defaults() {
+        let cfg = PluginConfig::decode(&[]).expect("decode");
+        assert_eq!(cfg, PluginConfig::default());
+        assert_eq!(cfg.default_pid_mode, NsMode::Private);
+        assert!(cfg.allow_caps.contains(&"CHOWN".to_owned()));
+        assert!(!cfg.allow_caps.contains(&"NET_RAW".to_owned()));
+        assert_eq!(cfg.chroot_env.get("/usr").map(String::as_str), Some("/usr"));
+        assert!(!cfg.allow_unisolated);
+    }
+
+    #[test]
+    fn nulls_give_defaults_and_values_are_used() {
+        let nulls = enc(vec![
+            ("state_dir", Value::Nil),
+            ("allow_caps", Value::Nil),
+            ("no_pivot_root", Value::Nil),
+        ]);
         assert_eq!(
-            PluginConfig::decode(&[]).expect("decode"),
+            PluginConfig::decode(&nulls).expect("decode"),
             PluginConfig::default()
         );
+        let set = enc(vec![
+            ("state_dir", "/tmp/x".into()),
+            ("default_pid_mode", "host".into()),
+            (
+                "allow_caps",
+                Value::Array(vec!["chown".into(), "CAP_NET_RAW".into()]),
+            ),
+            ("denied_host_uids", "0-999".into()),
+            (
+                "chroot_env",
+                Value::Map(vec![("/usr".into(), "/usr".into())]),
+            ),
+            ("no_pivot_root", true.into()),
+            ("allow_unisolated", true.into()),
+        ]);
+        let cfg = PluginConfig::decode(&set).expect("decode");
+        assert_eq!(cfg.state_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(cfg.default_pid_mode, NsMode::Host);
+        assert_eq!(cfg.allow_caps, vec!["CHOWN", "NET_RAW"]);
+        assert!(cfg.denied_host_uids.contains(0));
+        assert_eq!(cfg.chroot_env.len(), 1);
+        assert!(cfg.no_pivot_root && cfg.allow_unisolated);
     }
 
     #[test]
-    fn null_state_dir_gives_default_and_value_is_used() {
-        let null = enc(&rmpv::Value::Map(vec![(
-            "state_dir".into(),
-            rmpv::Value::Nil,
-        )]));
-        assert_eq!(
-            PluginConfig::decode(&null).expect("decode").state_dir,
-            PathBuf::from(DEFAULT_STATE_DIR)
-        );
-        let set = enc(&rmpv::Value::Map(vec![(
-            "state_dir".into(),
-            "/tmp/x".into(),
-        )]));
-        assert_eq!(
-            PluginConfig::decode(&set).expect("decode").state_dir,
-            PathBuf::from("/tmp/x")
-        );
-    }
-
-    #[test]
-    fn relative_state_dir_is_rejected_naming_the_field() {
-        let bad = enc(&rmpv::Value::Map(vec![(
-            "state_dir".into(),
-            "relative/dir".into(),
-        )]));
-        let err = PluginConfig::decode(&bad)
-            .expect_err("must fail")
-            .to_string();
-        assert!(err.contains("state_dir"), "{err}");
-        assert!(err.contains("absolute"), "{err}");
-    }
-
-    #[test]
-    fn wrong_type_names_the_field() {
-        let bad = enc(&rmpv::Value::Map(vec![(
-            "state_dir".into(),
-            rmpv::Value::from(5),
-        )]));
-        let err = PluginConfig::decode(&bad)
-            .expect_err("must fail")
-            .to_string();
-        assert!(err.contains("state_dir"), "{err}");
+    fn invalid_values_name_the_field() {
+        for (field, value) in [
+            ("state_dir", Value::from("relative/dir")),
+            ("state_dir", Value::from(5)),
+            ("default_ipc_mode", Value::from("shareable")),
+            ("allow_caps", Value::Array(vec!["not_a_cap".into()])),
+            ("denied_host_gids", Value::from("10-1")),
+            (
+                "chroot_env",
+                Value::Map(vec![("usr".into(), "/usr".into())]),
+            ),
+        ] {
+            let err = PluginConfig::decode(&enc(vec![(field, value)]))
+                .expect_err("must fail")
+                .to_string();
+            assert!(err.contains(field), "{field}: {err}");
+        }
     }
 }

@@ -43,16 +43,45 @@ pub fn hcl_string(s: &str) -> String {
     format!("\"{escaped}\"")
 }
 
-/// Schema of `plugin "nomad-driver-bpfexec" { config { … } }`.
+/// Schema of `plugin "nomad-driver-bpfexec" { config { … } }`. Defaults for lists and maps
+/// live in `PluginConfig` (an absent value arrives as null).
 pub fn plugin_schema() -> Spec {
-    object(vec![(
-        "state_dir",
-        with_default(
+    object(vec![
+        (
             "state_dir",
-            "string",
-            &hcl_string(super::plugin::DEFAULT_STATE_DIR),
+            with_default(
+                "state_dir",
+                "string",
+                &hcl_string(super::plugin::DEFAULT_STATE_DIR),
+            ),
         ),
-    )])
+        (
+            "default_pid_mode",
+            with_default("default_pid_mode", "string", "\"private\""),
+        ),
+        (
+            "default_ipc_mode",
+            with_default("default_ipc_mode", "string", "\"private\""),
+        ),
+        ("allow_caps", attr("allow_caps", "list(string)", false)),
+        (
+            "denied_host_uids",
+            attr("denied_host_uids", "string", false),
+        ),
+        (
+            "denied_host_gids",
+            attr("denied_host_gids", "string", false),
+        ),
+        ("chroot_env", attr("chroot_env", "map(string)", false)),
+        (
+            "no_pivot_root",
+            with_default("no_pivot_root", "bool", "false"),
+        ),
+        (
+            "allow_unisolated",
+            with_default("allow_unisolated", "bool", "false"),
+        ),
+    ])
 }
 
 /// Schema of a job task's `config { … }`.
@@ -60,6 +89,17 @@ pub fn task_schema() -> Spec {
     object(vec![
         ("command", attr("command", "string", true)),
         ("args", attr("args", "list(string)", false)),
+        ("pid_mode", attr("pid_mode", "string", false)),
+        ("ipc_mode", attr("ipc_mode", "string", false)),
+        ("cap_add", attr("cap_add", "list(string)", false)),
+        ("cap_drop", attr("cap_drop", "list(string)", false)),
+        ("work_dir", attr("work_dir", "string", false)),
+        ("isolation", attr("isolation", "string", false)),
+        (
+            "signal_all_processes",
+            attr("signal_all_processes", "bool", false),
+        ),
+        ("oom_score_adj", attr("oom_score_adj", "number", false)),
     ])
 }
 

@@ -17,8 +17,18 @@ pub const LOG_FILE: &str = "supervisor.log";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StartReport {
-    Started { pid: u32, start_time: u64 },
-    Failed { error: String },
+    Started {
+        /// The task's main process (host pid).
+        pid: u32,
+        start_time: u64,
+        /// The process that waits for the task and writes its exit record (the supervisor itself,
+        /// or the init of the task's pid namespace).
+        supervisor_pid: u32,
+        supervisor_start_time: u64,
+    },
+    Failed {
+        error: String,
+    },
 }
 
 /// How the task's main process ended, as recorded by its supervisor.

@@ -6,22 +6,57 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::isolation::identity::Identity;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LaunchSpec {
     /// Nomad task id, for log lines.
     pub task_id: String,
-    /// Absolute path of the program to execute.
+    /// Absolute path of the program, as the task sees it (inside its root when isolated).
     pub program: PathBuf,
     /// argv[0] as given in the job's `command`.
     pub argv0: String,
     pub args: Vec<String>,
-    /// The complete environment of the task (Nomad's env map).
+    /// The complete environment of the task.
     pub env: BTreeMap<String, String>,
-    /// Working directory of the task.
+    /// Working directory, as the task sees it.
     pub cwd: PathBuf,
-    /// Log FIFOs Nomad created (or /dev/null when logs are disabled).
+    /// Log FIFOs Nomad created (or /dev/null when logs are disabled), host paths.
     pub stdout_path: PathBuf,
     pub stderr_path: PathBuf,
     /// `cgroup.procs` files the task process joins before it execs the command.
     pub cgroup_procs: Vec<PathBuf>,
+    /// Value for `/proc/self/oom_score_adj`.
+    pub oom_score_adj: Option<i32>,
+    /// Run the task in a new pid namespace, under a small init that reaps and reports.
+    pub pid_ns: bool,
+    /// Private mount (and ipc/net) namespace and root; None runs on the host's view (raw mode).
+    pub sandbox: Option<Sandbox>,
+    /// User to switch to; None keeps the supervisor's (root).
+    pub identity: Option<Identity>,
+    /// Capability names (no `CAP_`) the task keeps; None leaves capabilities as they are.
+    pub caps: Option<Vec<String>>,
+    pub no_new_privs: bool,
+}
+
+/// The task's private filesystem view and namespaces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sandbox {
+    /// Empty host directory on which the task's root (a small tmpfs) is assembled.
+    pub root: PathBuf,
+    /// Bind mounts, parents before children.
+    pub mounts: Vec<Bind>,
+    pub ipc_ns: bool,
+    /// Network namespace to join (Nomad's group network), None for the host's.
+    pub netns: Option<PathBuf>,
+    /// pivot_root (default) or chroot (`no_pivot_root`).
+    pub pivot_root: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bind {
+    pub source: PathBuf,
+    /// Absolute path inside the task.
+    pub target: PathBuf,
+    pub readonly: bool,
 }

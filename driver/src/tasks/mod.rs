@@ -8,19 +8,21 @@ mod stop;
 mod watch;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bpfexec_proto::drivers;
 use tokio::sync::watch as tokio_watch;
 
+use crate::cgroups::limits::{self, Limits};
 use crate::cgroups::{CgroupMode, TaskCgroups};
+use crate::config::plugin::PluginConfig;
 use crate::config::task::TaskConfig;
 use crate::errors::DriverError;
+use crate::isolation::plan;
 use crate::procfs::{self, PidFd};
 use crate::supervisor::record::{self, task_state_dir};
-use crate::supervisor::spec::LaunchSpec;
 use state::{DriverState, Outcome, STATE_VERSION};
 
 /// One task as the plugin sees it.
@@ -69,6 +71,25 @@ impl Task {
         }
     }
 
+    /// Sends `signal` to the task's process group (its main process first), or to every process
+    /// in the task when `signal_all_processes` is set.
+    pub fn signal_task(&self, signal: i32) -> Result<(), DriverError> {
+        let delivered = self.signal_main(signal)?;
+        if self.state.signal_all_processes {
+            for pid in self.pids() {
+                if pid != self.state.pid {
+                    // SAFETY: kill(2) with a pid from the task's own cgroup or process group.
+                    unsafe { libc::kill(pid as libc::pid_t, signal) };
+                }
+            }
+        } else if delivered && self.main.is_some() {
+            procfs::signal_group(self.state.pid, signal).map_err(|e| {
+                DriverError::io(format!("signalling process group {}", self.state.pid), e)
+            })?;
+        }
+        Ok(())
+    }
+
     /// Pids that belong to the task now: its cgroup's members, or its process group's.
     pub fn pids(&self) -> Vec<u32> {
         let from_cgroup = self
@@ -88,7 +109,7 @@ impl Task {
 /// What the plugin needs from its configuration to start tasks.
 #[derive(Debug, Clone)]
 pub struct StartContext {
-    pub state_dir: PathBuf,
+    pub plugin: PluginConfig,
     pub cgroup_mode: Option<CgroupMode>,
     pub cgroup_root: PathBuf,
 }
@@ -116,7 +137,8 @@ impl TaskManager {
         self.table().values().cloned().collect()
     }
 
-    /// StartTask: launches the supervisor and returns the state to put in the handle.
+    /// StartTask: plans the isolation, applies cgroup limits, launches the supervisor and returns
+    /// the state to put in the handle.
     pub async fn start(
         &self,
         ctx: &StartContext,
@@ -126,9 +148,6 @@ impl TaskManager {
             return Ok(existing.state.clone());
         }
         let task_cfg = TaskConfig::decode(&cfg.msgpack_driver_config)?;
-        let env: std::collections::BTreeMap<String, String> = cfg.env.clone().into_iter().collect();
-        let task_dir = Path::new(&cfg.alloc_dir).join(&cfg.name);
-        let program = launch::resolve_program(&cfg.id, &task_cfg.command, &task_dir, &env)?;
         let cgroups = ctx.cgroup_mode.and_then(|mode| {
             let cpuset = cfg
                 .resources
@@ -139,25 +158,31 @@ impl TaskManager {
                 .clone();
             TaskCgroups::for_task(mode, &ctx.cgroup_root, &cpuset, &cfg.alloc_id, &cfg.name)
         });
-        let spec = LaunchSpec {
-            task_id: cfg.id.clone(),
-            program,
-            argv0: task_cfg.command.clone(),
-            args: task_cfg.args.clone(),
-            env,
-            cwd: if task_dir.is_dir() {
-                task_dir
-            } else {
-                PathBuf::from("/")
-            },
-            stdout_path: PathBuf::from(&cfg.stdout_path),
-            stderr_path: PathBuf::from(&cfg.stderr_path),
+        let dir = task_state_dir(&ctx.plugin.state_dir, &cfg.id);
+        let spec = plan::plan(&plan::PlanInput {
+            nomad: &cfg,
+            task: &task_cfg,
+            plugin: &ctx.plugin,
+            state_dir: &dir,
             cgroup_procs: cgroups
                 .as_ref()
                 .map(TaskCgroups::procs_files)
                 .unwrap_or_default(),
-        };
-        let dir = task_state_dir(&ctx.state_dir, &cfg.id);
+        })?;
+        if let Some(cg) = &cgroups {
+            limits::apply(cg, &Limits::from_resources(cfg.resources.as_ref())).map_err(|e| {
+                DriverError::Start {
+                    task: cfg.id.clone(),
+                    reason: format!("cannot apply resource limits: {e}"),
+                    recoverable: true,
+                }
+            })?;
+        }
+        if let Some(sb) = &spec.sandbox {
+            std::fs::create_dir_all(&sb.root)
+                .map_err(|e| DriverError::io(format!("creating {}", sb.root.display()), e))?;
+        }
+        let oom_kills_before = cgroups.as_ref().and_then(limits::oom_kills).unwrap_or(0);
         let launched = match launch::launch(&dir, &spec).await {
             Ok(l) => l,
             Err(e) => {
@@ -165,27 +190,40 @@ impl TaskManager {
                 return Err(e);
             }
         };
-        let supervisor_start_time = procfs::start_time(launched.supervisor_pid).unwrap_or(0);
         let state = DriverState {
             version: STATE_VERSION,
             task_id: cfg.id.clone(),
             dir: dir.clone(),
             supervisor_pid: launched.supervisor_pid,
-            supervisor_start_time,
+            supervisor_start_time: launched.supervisor_start_time,
             pid: launched.pid,
             start_time: launched.start_time,
             started_at_ms: record::now_ms(),
             cgroups,
+            signal_all_processes: task_cfg.signal_all_processes,
+            oom_kills_before,
         };
-        let supervisor_fd = PidFd::open(launched.supervisor_pid, None)
-            .map_err(|e| DriverError::io("opening a pidfd for the supervisor", e))?;
-        // The plugin is the supervisor's parent while it lives: reap it when it ends.
-        let mut child = launched.supervisor;
+        // The plugin is the first supervisor process's parent: reap it when it ends.
+        let mut launcher = launched.launcher;
         tokio::spawn(async move {
-            let _ = child.wait().await;
+            let _ = launcher.wait().await;
         });
-        let main = PidFd::open(launched.pid, Some(launched.start_time)).ok();
-        self.insert(cfg, state.clone(), supervisor_fd, main);
+        match PidFd::open(state.supervisor_pid, Some(state.supervisor_start_time)) {
+            Ok(supervisor) => {
+                let main = PidFd::open(state.pid, Some(state.start_time)).ok();
+                self.insert(cfg, state.clone(), supervisor, main);
+            }
+            // A task that ended at once: its exit record is already there.
+            Err(_) => {
+                let outcome = watch::read_outcome(&state.dir)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| {
+                        Outcome::lost("the task's supervisor vanished right after start".into())
+                    });
+                self.insert_exited(cfg, state.clone(), watch::with_oom(outcome, &state));
+            }
+        }
         tracing::info!(task_id = %state.task_id, pid = state.pid, supervisor = state.supervisor_pid, "task started");
         Ok(state)
     }
@@ -198,7 +236,7 @@ impl TaskManager {
         main: Option<PidFd>,
     ) {
         let (tx, rx) = tokio_watch::channel(None);
-        watch::spawn(supervisor, state.dir.clone(), tx);
+        watch::spawn(supervisor, state.clone(), tx);
         let task = Arc::new(Task {
             config,
             state,
@@ -248,6 +286,7 @@ impl TaskManager {
             }
             Err(_) => match watch::read_outcome(&state.dir).map_err(recover_err)? {
                 Some(outcome) => {
+                    let outcome = watch::with_oom(outcome, &state);
                     tracing::info!(task_id = %id, exit_code = outcome.exit_code, "recovered task that exited while the plugin was away");
                     self.insert_exited(config, state, outcome);
                     Ok(())
@@ -267,13 +306,14 @@ impl TaskManager {
         stop::stop(&task, timeout, signal).await
     }
 
-    /// SignalTask: the signal goes to the task's main process.
+    /// SignalTask: the signal goes to the task's process group, or to every process of the task
+    /// with `signal_all_processes`.
     pub fn signal(&self, id: &str, signal: i32) -> Result<(), DriverError> {
         let task = self.get(id)?;
         if !task.is_running() {
             return Err(DriverError::Exited(id.to_owned()));
         }
-        task.signal_main(signal)?;
+        task.signal_task(signal)?;
         Ok(())
     }
 

@@ -23,6 +23,12 @@ pub struct DriverState {
     pub start_time: u64,
     pub started_at_ms: u64,
     pub cgroups: Option<TaskCgroups>,
+    /// Stop and `alloc signal` reach every process of the task, not only its process group.
+    #[serde(default)]
+    pub signal_all_processes: bool,
+    /// The task cgroup's OOM-kill counter before the task started.
+    #[serde(default)]
+    pub oom_kills_before: u64,
 }
 
 impl DriverState {
@@ -96,6 +102,8 @@ mod tests {
             start_time: 13,
             started_at_ms: 14,
             cgroups: None,
+            signal_all_processes: false,
+            oom_kills_before: 0,
         }
     }
 

@@ -1,5 +1,5 @@
-//! Stopping a task the way Nomad expects (plugins/drivers StopTask): the task's kill signal to the
-//! main process, a grace period of `kill_timeout`, then SIGKILL to the process group and to every
+//! Stopping a task the way Nomad expects (plugins/drivers StopTask): the task's kill signal to its
+//! process group (or every process with `signal_all_processes`), a grace period of `kill_timeout`, then SIGKILL to the process group and to every
 //! process left in the task's cgroup, and block until the task is gone.
 
 use std::time::Duration;
@@ -16,7 +16,7 @@ pub async fn stop(task: &Task, timeout: Duration, signal: i32) -> Result<(), Dri
         return Ok(());
     }
     if !timeout.is_zero() && signal != libc::SIGKILL {
-        task.signal_main(signal)?;
+        task.signal_task(signal)?;
         if task.wait_for(timeout).await {
             return Ok(());
         }

@@ -7,7 +7,7 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
-use super::state::Outcome;
+use super::state::{DriverState, Outcome};
 use crate::procfs::PidFd;
 use crate::supervisor::record::{self, EXIT_FILE, ExitRecord};
 
@@ -18,10 +18,26 @@ pub fn read_outcome(dir: &Path) -> Result<Option<Outcome>, String> {
         .map_err(|e| format!("cannot read the exit record: {e}"))
 }
 
+/// Marks an outcome OOM-killed when the main process died of SIGKILL and the task cgroup's
+/// OOM-kill counter moved while the task ran (the cgroup view; the eBPF observer refines it).
+pub fn with_oom(mut outcome: Outcome, state: &DriverState) -> Outcome {
+    if outcome.signal == libc::SIGKILL
+        && let Some(after) = state
+            .cgroups
+            .as_ref()
+            .and_then(crate::cgroups::limits::oom_kills)
+        && after > state.oom_kills_before
+    {
+        outcome.oom_killed = true;
+    }
+    outcome
+}
+
 /// Resolves the task's outcome once the supervisor behind `pidfd` has exited.
-pub fn spawn(pidfd: PidFd, dir: std::path::PathBuf, tx: watch::Sender<Option<Outcome>>) {
+pub fn spawn(pidfd: PidFd, state: DriverState, tx: watch::Sender<Option<Outcome>>) {
     tokio::spawn(async move {
         let pid = pidfd.pid();
+        let dir = state.dir.clone();
         wait_exit(pidfd).await;
         let outcome = match read_outcome(&dir) {
             Ok(Some(outcome)) => outcome,

@@ -1,0 +1,111 @@
+//! Starting the task's own process: open its log FIFOs, fork, and between fork and exec put it in
+//! its own session, its cgroups and its sandbox, set oom_score_adj and drop privileges.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use super::record::{self, ExitRecord};
+use super::spec::LaunchSpec;
+use super::{privileges, sandbox};
+
+pub fn spawn(spec: &LaunchSpec) -> io::Result<std::process::Child> {
+    let stdout = open_log(&spec.stdout_path)?;
+    let stderr = open_log(&spec.stderr_path)?;
+    let setup = spec.clone();
+    let mut cmd = Command::new(&spec.program);
+    cmd.arg0(&spec.argv0)
+        .args(&spec.args)
+        .env_clear()
+        .envs(&spec.env)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr);
+    // SAFETY: the closure runs in the forked child of this single-threaded process before exec;
+    // it only makes syscalls and allocates, and no other thread can hold a lock it needs.
+    unsafe {
+        cmd.pre_exec(move || prepare(&setup));
+    }
+    cmd.spawn()
+}
+
+/// Runs in the task's process between fork and exec.
+fn prepare(spec: &LaunchSpec) -> io::Result<()> {
+    // Own session and process group: signals to the group reach the whole task, and nothing
+    // from the agent's terminal reaches it.
+    nix::unistd::setsid().map_err(io::Error::from)?;
+    reset_signals();
+    for file in &spec.cgroup_procs {
+        join_cgroup(file)?;
+    }
+    if let Some(adj) = spec.oom_score_adj {
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .map_err(|e| io::Error::new(e.kind(), format!("setting oom_score_adj {adj}: {e}")))?;
+    }
+    if let Some(sb) = &spec.sandbox {
+        sandbox::enter(sb)?;
+    }
+    std::env::set_current_dir(&spec.cwd)
+        .map_err(|e| io::Error::new(e.kind(), format!("work_dir {}: {e}", spec.cwd.display())))?;
+    privileges::apply(
+        spec.identity.as_ref(),
+        spec.caps.as_deref(),
+        spec.no_new_privs,
+    )
+}
+
+fn reset_signals() {
+    for sig in 1..32 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: restoring the default disposition installs no handler code.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
+    // SAFETY: an empty, initialised set passed to sigprocmask; no other pointers.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&raw mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &raw const set, std::ptr::null_mut());
+    }
+}
+
+fn join_cgroup(procs_file: &Path) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .open(procs_file)
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot open {}: {e}", procs_file.display()),
+            )
+        })?;
+    // "0" means the writing process itself.
+    file.write_all(b"0").map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot join cgroup {}: {e}", procs_file.display()),
+        )
+    })
+}
+
+fn open_log(path: &PathBuf) -> io::Result<File> {
+    // Nomad's logmon already has the read end of the FIFO open, so this does not block.
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot open log {}: {e}", path.display())))
+}
+
+/// Waits for `child`, retrying on EINTR.
+pub fn wait(mut child: std::process::Child) -> io::Result<ExitRecord> {
+    loop {
+        match child.wait() {
+            Ok(status) => return Ok(ExitRecord::from_status(status, record::now_ms())),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}

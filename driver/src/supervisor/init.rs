@@ -1,0 +1,122 @@
+//! Private pid namespace: the supervisor unshares a pid namespace and forks its init (pid 1
+//! there, host mount namespace). Init starts the task (pid 2), tells the supervisor, reaps every
+//! orphan, writes the task's exit record when it ends and exits, which makes the kernel SIGKILL
+//! anything left in the namespace. The supervisor reports the task's host pid to the plugin and
+//! exits, leaving init as the task's only helper process.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, fork};
+
+use super::record::{ExitRecord, StartReport, now_ms};
+use super::spec::LaunchSpec;
+use super::{child, detach_stdout, finish, log, report, report_failure};
+
+pub fn launch(dir: &Path, spec: &LaunchSpec) -> io::Result<()> {
+    unshare(CloneFlags::CLONE_NEWPID)
+        .map_err(|e| io::Error::other(format!("unsharing the pid namespace: {e}")))?;
+    let (rx, tx) = nix::unistd::pipe().map_err(io::Error::from)?;
+    // SAFETY: the supervisor is single-threaded, so the child may run arbitrary code.
+    match unsafe { fork() }.map_err(io::Error::from)? {
+        ForkResult::Child => {
+            drop(rx);
+            let code = match init(dir, spec, tx) {
+                Ok(()) => 0,
+                Err(e) => {
+                    log(&format!("init failed: {e}"));
+                    1
+                }
+            };
+            std::process::exit(code);
+        }
+        ForkResult::Parent { child: init_pid } => {
+            drop(tx);
+            relay(spec, rx, init_pid.as_raw() as u32)
+        }
+    }
+}
+
+/// Supervisor side: wait for init's word and pass it on to the plugin.
+fn relay(spec: &LaunchSpec, rx: OwnedFd, init_pid: u32) -> io::Result<()> {
+    let mut line = String::new();
+    BufReader::new(std::fs::File::from(rx)).read_line(&mut line)?;
+    let line = line.trim_end();
+    if let Some(error) = line.strip_prefix("error:") {
+        let _ = waitpid(Pid::from_raw(init_pid as i32), None);
+        return report_failure(spec, &io::Error::other(error.to_owned()));
+    }
+    if !line.starts_with("started") {
+        let _ = waitpid(Pid::from_raw(init_pid as i32), None);
+        return report_failure(
+            spec,
+            &io::Error::other("the namespace init died before starting the task"),
+        );
+    }
+    let children = std::fs::read_to_string(format!("/proc/{init_pid}/task/{init_pid}/children"))?;
+    let pid: u32 = children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| io::Error::other("the task exited before it could be reported"))?;
+    report(&StartReport::Started {
+        pid,
+        start_time: crate::procfs::start_time(pid)?,
+        supervisor_pid: init_pid,
+        supervisor_start_time: crate::procfs::start_time(init_pid)?,
+    })?;
+    log(&format!(
+        "task {} started as pid {pid} under init {init_pid}",
+        spec.task_id
+    ));
+    Ok(())
+}
+
+/// Init side (pid 1 of the task's namespace).
+fn init(dir: &Path, spec: &LaunchSpec, tx: OwnedFd) -> io::Result<()> {
+    detach_stdout()?;
+    let mut tx = std::fs::File::from(tx);
+    let task = match child::spawn(spec) {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = e.to_string().replace('\n', " ");
+            let _ = writeln!(tx, "error:{msg}");
+            return Ok(());
+        }
+    };
+    let main = Pid::from_raw(task.id() as i32);
+    writeln!(tx, "started")?;
+    drop(tx);
+    let record = reap_until(main)?;
+    finish(dir, &record)
+}
+
+/// Reaps every child until the task's main process ends; returns how it ended.
+fn reap_until(main: Pid) -> io::Result<ExitRecord> {
+    loop {
+        match waitpid(None, None) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == main => {
+                return Ok(ExitRecord {
+                    exit_code: code,
+                    signal: 0,
+                    core_dumped: false,
+                    finished_at_ms: now_ms(),
+                });
+            }
+            Ok(WaitStatus::Signaled(pid, sig, core)) if pid == main => {
+                let sig = sig as i32;
+                return Ok(ExitRecord {
+                    exit_code: 128 + sig,
+                    signal: sig,
+                    core_dumped: core,
+                    finished_at_ms: now_ms(),
+                });
+            }
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(io::Error::other(format!("waiting for the task: {e}"))),
+        }
+    }
+}
