@@ -1,1 +1,63 @@
-fn main() {}
+//! `cargo xtask`: project automation. Subcommands: setup (tool cache), env (paths for scripts
+//! and the e2e suite), build (driver + plugin dir), test (the full CI gate), demo, bench.
+//! Arguments are parsed by hand; every child process runs without stdin so CI behaves the same.
+
+mod demo;
+mod driver;
+mod env;
+mod setup;
+mod test;
+mod tools;
+mod util;
+
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [options]
+
+commands:
+  setup                      install what is missing (nightly + rust-src, bpf-linker, Nomad,
+                             Prometheus) into ${BPFEXEC_CACHE:-$HOME/.cache/bpfexec}; idempotent
+  env [--export] [--release] print NOMAD_BIN, NOMAD_VERSION, DRIVER_BIN, PLUGIN_DIR, BPF_LINKER, ...
+  build [--release]          build nomad-driver-bpfexec (bpf-linker on PATH) and refresh PLUGIN_DIR
+  test [--e2e-only|--no-e2e] [-- <test args>]
+                             setup, fmt, clippy, unit + privileged tests, build, e2e suite
+  demo                       run the demo
+  bench                      benchmarks (not implemented yet)
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match dispatch(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("\nxtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(args: &[String]) -> Result<()> {
+    let Some((command, rest)) = args.split_first() else {
+        print!("{USAGE}");
+        bail!("no command given");
+    };
+    match command.as_str() {
+        "setup" => setup::run(rest),
+        "env" => env::run(rest),
+        "build" => driver::run(rest),
+        "test" => test::run(rest),
+        "demo" => demo::run(rest),
+        "bench" => bail!("`cargo xtask bench` is not implemented yet"),
+        "help" | "-h" | "--help" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => {
+            eprint!("{USAGE}");
+            bail!("unknown command `{other}`")
+        }
+    }
+}
