@@ -82,7 +82,7 @@ impl Driver for DriverService {
         Ok(Response::new(drivers::CapabilitiesResponse {
             capabilities: Some(drivers::DriverCapabilities {
                 send_signals: true,
-                exec: false,
+                exec: true,
                 // IMAGE: the client builds no chroot; we assemble the task's root ourselves.
                 fs_isolation: FsIsolation::Image as i32,
                 network_isolation_modes: vec![
@@ -314,21 +314,38 @@ impl Driver for DriverService {
 
     async fn exec_task(
         &self,
-        _: Request<drivers::ExecTaskRequest>,
+        req: Request<drivers::ExecTaskRequest>,
     ) -> Result<Response<drivers::ExecTaskResponse>, Status> {
-        Err(DriverError::Unsupported(
-            "bpfexec does not support exec into tasks yet (alloc exec and script checks)".into(),
-        )
-        .into())
+        let req = req.into_inner();
+        let task = self.rt.tasks.get(&req.task_id)?;
+        let resp =
+            crate::tasks::exec::run_once(&task, &req.command, duration(req.timeout.as_ref()))
+                .await?;
+        Ok(Response::new(resp))
     }
 
     type ExecTaskStreamingStream = RpcStream<drivers::ExecTaskStreamingResponse>;
 
     async fn exec_task_streaming(
         &self,
-        _: Request<Streaming<drivers::ExecTaskStreamingRequest>>,
+        req: Request<Streaming<drivers::ExecTaskStreamingRequest>>,
     ) -> Result<Response<Self::ExecTaskStreamingStream>, Status> {
-        Err(DriverError::Unsupported("bpfexec does not support alloc exec yet".into()).into())
+        let mut inbound = req.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("exec stream closed before its setup frame"))?;
+        let setup = first
+            .setup
+            .ok_or_else(|| Status::invalid_argument("the first exec frame must carry setup"))?;
+        let task = self.rt.tasks.get(&setup.task_id)?;
+        Ok(Response::new(stream_from(move |tx| async move {
+            if let Err(e) =
+                crate::tasks::exec::run_streaming(&task, setup, inbound, tx.clone()).await
+            {
+                let _ = tx.send(Err(e.into())).await;
+            }
+        })))
     }
 
     async fn create_network(

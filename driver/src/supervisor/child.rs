@@ -72,7 +72,7 @@ fn reset_signals() {
     }
 }
 
-fn join_cgroup(procs_file: &Path) -> io::Result<()> {
+pub fn join_cgroup(procs_file: &Path) -> io::Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
         .open(procs_file)

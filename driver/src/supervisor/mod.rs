@@ -9,6 +9,7 @@
 //! waits. Both are synchronous and single-threaded (no tokio): a few hundred KiB of private memory.
 
 mod child;
+pub mod enter;
 mod init;
 pub mod privileges;
 pub mod record;

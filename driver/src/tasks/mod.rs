@@ -4,6 +4,7 @@
 
 pub mod launch;
 pub mod state;
+pub mod exec;
 mod stop;
 mod watch;
 
