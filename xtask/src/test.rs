@@ -111,7 +111,7 @@ pub fn run(args: &[String]) -> Result<()> {
         let test_args = opts.test_args;
         steps.push((
             "e2e tests",
-            "cargo test -p bpfexec-e2e -- --test-threads=2".into(),
+            "cargo test --no-fail-fast -p bpfexec-e2e -- --test-threads=2".into(),
             Box::new(move || run_e2e(&test_args)),
         ));
     }
@@ -121,8 +121,15 @@ pub fn run(args: &[String]) -> Result<()> {
 fn run_e2e(test_args: &[String]) -> Result<()> {
     let env = ToolEnv::resolve(Profile::Debug)?;
     let mut cmd = driver::cargo()?;
-    cmd.args(["test", "-p", "bpfexec-e2e", "--", "--test-threads=2"])
-        .args(test_args);
+    cmd.args([
+        "test",
+        "--no-fail-fast",
+        "-p",
+        "bpfexec-e2e",
+        "--",
+        "--test-threads=2",
+    ])
+    .args(test_args);
     for (key, value) in env.vars() {
         println!("    {key}={value}");
         cmd.env(key, value);

@@ -19,12 +19,16 @@ use super::{child, detach_stdout, finish, log, report, report_failure};
 pub fn launch(dir: &Path, spec: &LaunchSpec) -> io::Result<()> {
     unshare(CloneFlags::CLONE_NEWPID)
         .map_err(|e| io::Error::other(format!("unsharing the pid namespace: {e}")))?;
-    let (rx, tx) = nix::unistd::pipe().map_err(io::Error::from)?;
+    let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+    // The supervisor closes `ack_tx` once it has read the task's host pid: until then init must
+    // not reap the task, or a task that exits at once would vanish before it is reported.
+    let (ack_rx, ack_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
     // SAFETY: the supervisor is single-threaded, so the child may run arbitrary code.
     match unsafe { fork() }.map_err(io::Error::from)? {
         ForkResult::Child => {
             drop(rx);
-            let code = match init(dir, spec, tx) {
+            drop(ack_tx);
+            let code = match init(dir, spec, tx, ack_rx) {
                 Ok(()) => 0,
                 Err(e) => {
                     log(&format!("init failed: {e}"));
@@ -35,7 +39,10 @@ pub fn launch(dir: &Path, spec: &LaunchSpec) -> io::Result<()> {
         }
         ForkResult::Parent { child: init_pid } => {
             drop(tx);
-            relay(spec, rx, init_pid.as_raw() as u32)
+            drop(ack_rx);
+            let result = relay(spec, rx, init_pid.as_raw() as u32);
+            drop(ack_tx);
+            result
         }
     }
 }
@@ -76,7 +83,7 @@ fn relay(spec: &LaunchSpec, rx: OwnedFd, init_pid: u32) -> io::Result<()> {
 }
 
 /// Init side (pid 1 of the task's namespace).
-fn init(dir: &Path, spec: &LaunchSpec, tx: OwnedFd) -> io::Result<()> {
+fn init(dir: &Path, spec: &LaunchSpec, tx: OwnedFd, ack: OwnedFd) -> io::Result<()> {
     detach_stdout()?;
     let mut tx = std::fs::File::from(tx);
     let task = match child::spawn(spec) {
@@ -90,6 +97,8 @@ fn init(dir: &Path, spec: &LaunchSpec, tx: OwnedFd) -> io::Result<()> {
     let main = Pid::from_raw(task.id() as i32);
     writeln!(tx, "started")?;
     drop(tx);
+    // Wait (EOF) until the supervisor has seen the task.
+    let _ = std::io::Read::read(&mut std::fs::File::from(ack), &mut [0u8; 1]);
     let record = reap_until(main)?;
     finish(dir, &record)
 }

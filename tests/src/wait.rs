@@ -1,0 +1,54 @@
+//! Polling with a deadline: every wait in the suite goes through [`poll_until`], so none can hang.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, anyhow};
+
+/// Default polling interval.
+pub const POLL: Duration = Duration::from_millis(200);
+
+/// Calls `f` every `interval` until it returns `Ok(Some(v))` (→ `Ok(v)`), returns an error
+/// (→ that error), or `timeout` elapses (→ an error naming `what` and the last observation
+/// `f` reported through `last`).
+///
+/// `f` receives a `&mut String` where it can store a description of what it saw last; the
+/// timeout error includes it.
+pub fn poll_until<T>(
+    what: &str,
+    timeout: Duration,
+    interval: Duration,
+    mut f: impl FnMut(&mut String) -> Result<Option<T>>,
+) -> Result<T> {
+    let start = Instant::now();
+    let mut last = String::new();
+    loop {
+        if let Some(v) = f(&mut last)? {
+            return Ok(v);
+        }
+        if start.elapsed() >= timeout {
+            let seen = if last.is_empty() {
+                String::new()
+            } else {
+                format!("; last seen: {last}")
+            };
+            return Err(anyhow!(
+                "timed out after {timeout:?} waiting for {what}{seen}"
+            ));
+        }
+        std::thread::sleep(interval);
+    }
+}
+
+/// Like [`poll_until`] for a plain condition: `true` once `cond` holds, `false` on timeout.
+pub fn wait_for(timeout: Duration, interval: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if start.elapsed() >= timeout {
+            return false;
+        }
+        std::thread::sleep(interval);
+    }
+}
