@@ -99,6 +99,7 @@ fn init(dir: &Path, spec: &LaunchSpec, tx: OwnedFd, ack: OwnedFd) -> io::Result<
     drop(tx);
     // Wait (EOF) until the supervisor has seen the task.
     let _ = std::io::Read::read(&mut std::fs::File::from(ack), &mut [0u8; 1]);
+    super::trim::drop_text_pages();
     let record = reap_until(main)?;
     finish(dir, &record)
 }

@@ -15,6 +15,7 @@ pub mod privileges;
 pub mod record;
 pub mod sandbox;
 pub mod spec;
+mod trim;
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -67,6 +68,7 @@ fn run(dir: &Path) -> io::Result<()> {
         supervisor_start_time: crate::procfs::start_time(me)?,
     })?;
     log(&format!("task {} started as pid {pid}", spec.task_id));
+    trim::drop_text_pages();
     let record = child::wait(child)?;
     // Whatever the main process left in its process group ends with it.
     if let Err(e) = crate::procfs::signal_group(pid, libc::SIGKILL) {
