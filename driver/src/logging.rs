@@ -24,7 +24,7 @@ struct HclogLayer;
 impl<S: Subscriber> Layer<S> for HclogLayer {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         let line = render(*event.metadata().level(), event.metadata().target(), |v| {
-            event.record(v)
+            event.record(v);
         });
         let mut err = std::io::stderr().lock();
         let _ = err.write_all(line.as_bytes());

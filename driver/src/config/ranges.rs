@@ -16,15 +16,14 @@ impl IdRanges {
                     "write ids and ranges separated by commas, e.g. {field} = \"0-999,1001\""
                 ),
             };
-            let (lo, hi) = match part.split_once('-') {
-                Some((a, b)) => (
+            let (lo, hi) = if let Some((a, b)) = part.split_once('-') {
+                (
                     a.trim().parse().map_err(|_| bad())?,
                     b.trim().parse().map_err(|_| bad())?,
-                ),
-                None => {
-                    let v: u32 = part.parse().map_err(|_| bad())?;
-                    (v, v)
-                }
+                )
+            } else {
+                let v: u32 = part.parse().map_err(|_| bad())?;
+                (v, v)
             };
             if lo > hi {
                 return Err(bad());

@@ -22,7 +22,8 @@ pub fn launch(dir: &Path, spec: &LaunchSpec) -> io::Result<()> {
     let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
     // The supervisor closes `ack_tx` once it has read the task's host pid: until then init must
     // not reap the task, or a task that exits at once would vanish before it is reported.
-    let (ack_rx, ack_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+    let (ack_rx, ack_tx) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
     // SAFETY: the supervisor is single-threaded, so the child may run arbitrary code.
     match unsafe { fork() }.map_err(io::Error::from)? {
         ForkResult::Child => {

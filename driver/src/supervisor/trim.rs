@@ -6,12 +6,15 @@
 
 /// Drops the resident pages of every private executable mapping; returns the bytes advised.
 pub fn drop_text_pages() -> usize {
-    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return 0 };
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return 0;
+    };
     let mut advised = 0;
     for (start, end) in text_ranges(&maps) {
         // SAFETY: the range is a whole r-xp private file mapping of this process; its pages are
         // clean (never written), so discarding them only forces a re-read from the file.
-        let rc = unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+        let rc =
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
         if rc == 0 {
             advised += end - start;
         }
@@ -31,7 +34,10 @@ fn text_ranges(maps: &str) -> Vec<(usize, usize)> {
                 return None;
             }
             let (a, b) = range.split_once('-')?;
-            Some((usize::from_str_radix(a, 16).ok()?, usize::from_str_radix(b, 16).ok()?))
+            Some((
+                usize::from_str_radix(a, 16).ok()?,
+                usize::from_str_radix(b, 16).ok()?,
+            ))
         })
         .collect()
 }

@@ -2,9 +2,9 @@
 //! Nomad's driver contract (plugins/drivers). Each task is owned by its own supervisor process;
 //! this table is only the plugin's view of them and can be rebuilt from `driver_state`.
 
+pub mod exec;
 pub mod launch;
 pub mod state;
-pub mod exec;
 mod stop;
 mod watch;
 
@@ -205,25 +205,23 @@ impl TaskManager {
             oom_kills_before,
         };
         // The plugin is the first supervisor process's parent: reap it when it ends.
-        let mut launcher = launched.launcher;
+        let mut first_process = launched.launcher;
         tokio::spawn(async move {
-            let _ = launcher.wait().await;
+            let _ = first_process.wait().await;
         });
-        match PidFd::open(state.supervisor_pid, Some(state.supervisor_start_time)) {
-            Ok(supervisor) => {
-                let main = PidFd::open(state.pid, Some(state.start_time)).ok();
-                self.insert(cfg, state.clone(), supervisor, main);
-            }
+        if let Ok(supervisor) = PidFd::open(state.supervisor_pid, Some(state.supervisor_start_time))
+        {
+            let main = PidFd::open(state.pid, Some(state.start_time)).ok();
+            self.insert(cfg, state.clone(), supervisor, main);
+        } else {
             // A task that ended at once: its exit record is already there.
-            Err(_) => {
-                let outcome = watch::read_outcome(&state.dir)
-                    .ok()
-                    .flatten()
-                    .unwrap_or_else(|| {
-                        Outcome::lost("the task's supervisor vanished right after start".into())
-                    });
-                self.insert_exited(cfg, state.clone(), watch::with_oom(outcome, &state));
-            }
+            let outcome = watch::read_outcome(&state.dir)
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| {
+                    Outcome::lost("the task's supervisor vanished right after start".into())
+                });
+            self.insert_exited(cfg, state.clone(), watch::with_oom(outcome, &state));
         }
         tracing::info!(task_id = %state.task_id, pid = state.pid, supervisor = state.supervisor_pid, "task started");
         Ok(state)

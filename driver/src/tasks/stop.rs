@@ -43,10 +43,10 @@ pub async fn kill_everything(task: &Task) {
         let killed = tokio::task::spawn_blocking(move || crate::cgroups::kill_all(&cg)).await;
         match killed {
             Ok(Ok(n)) if n > 0 => {
-                tracing::info!(task_id = %task.state.task_id, processes = n, "killed processes left in the task cgroup")
+                tracing::info!(task_id = %task.state.task_id, processes = n, "killed processes left in the task cgroup");
             }
             Ok(Err(e)) => {
-                tracing::warn!(task_id = %task.state.task_id, error = %e, "could not kill the task cgroup")
+                tracing::warn!(task_id = %task.state.task_id, error = %e, "could not kill the task cgroup");
             }
             _ => {}
         }

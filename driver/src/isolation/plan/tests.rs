@@ -97,8 +97,10 @@ fn bare_commands_resolve_inside_the_task_view() {
     let a = alloc();
     let spec = run(&nomad(a.path()), &task("sh"), &PluginConfig::default()).expect("plan");
     assert!(spec.program.ends_with("sh"));
-    let mut p = PluginConfig::default();
-    p.chroot_env = [("/etc".to_owned(), "/etc".to_owned())].into();
+    let p = PluginConfig {
+        chroot_env: [("/etc".to_owned(), "/etc".to_owned())].into(),
+        ..PluginConfig::default()
+    };
     let err = run(&nomad(a.path()), &task("/bin/sh"), &p)
         .expect_err("no /bin in chroot")
         .to_string();
