@@ -1,0 +1,144 @@
+//! Privileged: the cgroup layer on the real kernel, for both versions this machine mounts. Each
+//! test creates its own throwaway cgroup (and removes it), puts a real process in it the way the
+//! supervisor does (writing "0" to `cgroup.procs` between fork and exec), reads it back and kills
+//! everything in it (`cgroup.kill` on v2, freeze + SIGKILL + thaw on v1).
+
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use bpfexec_driver::cgroups::{CgroupMode, TaskCgroups, detect_mode, kill_all};
+
+fn preconditions() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").is_err(),
+        "CI=true but not root: the cgroup tests must run as root"
+    );
+    println!("SKIP: needs root");
+    false
+}
+
+/// The cgroup2 mount point (`/sys/fs/cgroup` on unified hosts, `/sys/fs/cgroup/unified` on hybrid).
+fn cgroup2_mount() -> Option<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        if !post.starts_with("cgroup2 ") {
+            return None;
+        }
+        pre.split_whitespace().nth(4).map(PathBuf::from)
+    })
+}
+
+struct OwnCgroup(PathBuf);
+
+impl OwnCgroup {
+    fn create(parent: &Path) -> Self {
+        let dir = parent.join(format!(
+            "bpfexec-test-{}-{}",
+            std::process::id(),
+            parent.file_name().and_then(|n| n.to_str()).unwrap_or("cg")
+        ));
+        fs::create_dir(&dir).expect("create our own test cgroup");
+        Self(dir)
+    }
+}
+
+impl Drop for OwnCgroup {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while fs::remove_dir(&self.0).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn spawn_in(procs: PathBuf) -> Child {
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args(["-c", "sleep 30 & sleep 30"]);
+    // SAFETY: the closure only writes a file between fork and exec of a test child.
+    unsafe {
+        cmd.pre_exec(move || fs::write(&procs, "0"));
+    }
+    cmd.spawn().expect("spawn into the cgroup")
+}
+
+fn wait_members(cg: &TaskCgroups, n: usize) -> Vec<u32> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let pids = cg.pids();
+        if pids.len() >= n || Instant::now() > deadline {
+            return pids;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn check_place_and_kill(cg: &TaskCgroups) {
+    let procs = cg.procs_files();
+    assert!(!procs.is_empty(), "the test cgroup must exist");
+    let mut child = spawn_in(procs[0].clone());
+    let members = wait_members(cg, 2);
+    assert!(
+        members.contains(&child.id()),
+        "pid {} not in {members:?}",
+        child.id()
+    );
+    assert!(
+        members.len() >= 2,
+        "the shell's background sleep must be in the cgroup too: {members:?}"
+    );
+    let killed = kill_all(cg).expect("kill_all");
+    assert!(killed >= 2, "killed {killed}");
+    let status = child.wait().expect("wait");
+    assert!(!status.success(), "the child must die of SIGKILL");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cg.pids().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(cg.pids().is_empty(), "processes left: {:?}", cg.pids());
+}
+
+#[test]
+fn v2_placement_and_cgroup_kill_on_the_real_kernel() {
+    if !preconditions() {
+        return;
+    }
+    let mount = cgroup2_mount().expect("a cgroup2 hierarchy is mounted on every supported kernel");
+    assert_eq!(detect_mode(&mount).expect("mode"), CgroupMode::V2);
+    let own = OwnCgroup::create(&mount);
+    let cg = TaskCgroups {
+        mode: CgroupMode::V2,
+        dirs: vec![own.0.clone()],
+    };
+    check_place_and_kill(&cg);
+}
+
+#[test]
+fn v1_placement_and_freezer_kill_on_the_real_kernel() {
+    if !preconditions() {
+        return;
+    }
+    let freezer = Path::new("/sys/fs/cgroup/freezer");
+    if !freezer.is_dir() {
+        // A unified-only host has no v1 hierarchy; the v2 test covers it.
+        println!("SKIP: no cgroup v1 freezer hierarchy on this host");
+        return;
+    }
+    let own = OwnCgroup::create(freezer);
+    // Only the freezer directory is ours; the other slots point at directories that do not exist.
+    let cg = TaskCgroups {
+        mode: CgroupMode::V1,
+        dirs: vec![
+            own.0.clone(),
+            "/nonexistent/cpu".into(),
+            "/nonexistent/memory".into(),
+        ],
+    };
+    check_place_and_kill(&cg);
+}
