@@ -142,6 +142,7 @@ impl Driver for DriverService {
             .into_inner()
             .task
             .ok_or_else(|| Status::invalid_argument("StartTask needs a task config"))?;
+        let received = std::time::Instant::now();
         let ctx = self.rt.configured()?.start;
         let state = self
             .rt
@@ -151,6 +152,9 @@ impl Driver for DriverService {
             .inspect_err(|e| {
                 tracing::warn!(task_id = %cfg.id, error = %e, "task did not start");
             })?;
+        // From StartTask received to the task's command running (its exec succeeded).
+        let micros = received.elapsed().as_micros() as u64;
+        tracing::info!(task_id = %cfg.id, start_us = micros, "StartTask done: command running");
         let handle = drivers::TaskHandle {
             version: 1,
             config: Some(cfg),

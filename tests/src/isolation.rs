@@ -9,6 +9,7 @@ pub mod monitor;
 pub mod pty;
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -67,8 +68,7 @@ pub fn cap_mask(names: &[&str]) -> u64 {
         let bit = CAP_NUMBERS
             .iter()
             .find(|(n, _)| n == name)
-            .map(|(_, b)| *b)
-            .unwrap_or_else(|| panic!("unknown capability {name}"));
+            .map_or_else(|| panic!("unknown capability {name}"), |(_, b)| *b);
         mask | (1u64 << bit)
     })
 }
@@ -145,9 +145,12 @@ pub fn section<'a>(secs: &'a BTreeMap<String, String>, name: &str) -> Result<&'a
 
 /// Registers `hcl` (a batch job), waits until it completes and returns the allocation and its
 /// stdout (whole).
+/// On failure the error also quotes the per-task supervisor logs.
 pub fn run_batch(agent: &Agent, hcl: &str) -> Result<(Alloc, String)> {
     let api = agent.api();
-    let alloc = api.run_job(hcl, &["complete"], TIMEOUT)?;
+    let alloc = api
+        .run_job(hcl, &["complete"], TIMEOUT)
+        .map_err(|e| anyhow!("{e:#}\n{}", supervisor_logs(agent)))?;
     let out = api.logs(&alloc.id, TASK, LogType::Stdout)?;
     Ok((alloc, out))
 }
@@ -221,7 +224,7 @@ pub fn supervisor_logs(agent: &Agent) -> String {
     for e in entries.flatten() {
         let log = e.path().join("supervisor.log");
         if let Ok(text) = std::fs::read_to_string(&log) {
-            out.push_str(&format!("--- {} ---\n{}\n", log.display(), text.trim_end()));
+            let _ = writeln!(out, "--- {} ---\n{}", log.display(), text.trim_end());
         }
     }
     out
@@ -235,7 +238,10 @@ mod tests {
     fn default_mask_matches_exec() {
         assert_eq!(cap_mask(&DEFAULT_CAPS), 0xa804_05fb);
         assert_eq!(cap_mask(&["CHOWN"]), 1);
-        assert_eq!(cap_eff("Name:\tx\nCapEff:\t00000000a80405fb\n"), Some(0xa804_05fb));
+        assert_eq!(
+            cap_eff("Name:\tx\nCapEff:\t00000000a80405fb\n"),
+            Some(0xa804_05fb)
+        );
     }
 
     #[test]

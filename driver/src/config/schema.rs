@@ -28,6 +28,17 @@ pub fn with_default(name: &str, ty: &str, default_hcl: &str) -> Spec {
     }
 }
 
+/// A block whose attributes form a map of `ty` (hclspec BlockAttrs).
+pub fn block_attrs(name: &str, ty: &str) -> Spec {
+    Spec {
+        block: Some(Block::BlockAttrs(hclspec::BlockAttrs {
+            name: name.into(),
+            r#type: ty.into(),
+            required: false,
+        })),
+    }
+}
+
 /// The root object of a schema.
 pub fn object(fields: Vec<(&str, Spec)>) -> Spec {
     Spec {
@@ -72,7 +83,9 @@ pub fn plugin_schema() -> Spec {
             "denied_host_gids",
             attr("denied_host_gids", "string", false),
         ),
-        ("chroot_env", attr("chroot_env", "map(string)", false)),
+        // A block of string attributes, as Nomad's agent config writes maps:
+        // chroot_env { "/bin" = "/bin" }.
+        ("chroot_env", block_attrs("chroot_env", "string")),
         (
             "no_pivot_root",
             with_default("no_pivot_root", "bool", "false"),

@@ -10,13 +10,13 @@ use std::fs::File;
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use nix::sched::{CloneFlags, setns};
 
 use super::record::{self, SPEC_FILE};
 use super::spec::LaunchSpec;
-use super::{child, privileges};
+use super::{child, privileges, ptyrelay};
 
 /// argv[1] that selects exec mode.
 pub const EXEC_ARG: &str = "__exec";
@@ -59,6 +59,9 @@ fn run(args: &[OsString]) -> io::Result<i32> {
     }
     if let Some(sb) = &spec.sandbox {
         join_namespaces(pid, spec.pid_ns, sb.ipc_ns, sb.netns.is_some())?;
+        if !sb.pivot_root {
+            nix::unistd::chroot(sb.root.as_path()).map_err(io::Error::from)?;
+        }
     }
     let setup = spec.clone();
     let mut cmd = Command::new(program);
@@ -68,7 +71,29 @@ fn run(args: &[OsString]) -> io::Result<i32> {
     unsafe {
         cmd.pre_exec(move || enter_child(&setup, tty));
     }
-    let status = cmd.spawn()?.wait()?;
+    let status = if tty {
+        // A terminal from the task's own devpts, relayed to the plugin's.
+        let pty = ptyrelay::open_inner()?;
+        if let Some(id) = &spec.identity {
+            // The terminal belongs to the user the command runs as.
+            nix::unistd::fchown(
+                &pty.slave,
+                Some(nix::unistd::Uid::from_raw(id.uid)),
+                Some(nix::unistd::Gid::from_raw(id.gid)),
+            )
+            .map_err(io::Error::from)?;
+        }
+        ptyrelay::take_outer_terminal()?;
+        ptyrelay::copy_size(std::os::fd::AsFd::as_fd(&pty.master));
+        let sigfd = ptyrelay::block_signals()?;
+        cmd.stdin(Stdio::from(pty.slave.try_clone()?))
+            .stdout(Stdio::from(pty.slave.try_clone()?))
+            .stderr(Stdio::from(pty.slave));
+        let mut child = cmd.spawn()?;
+        ptyrelay::relay(pty.master, &sigfd, &mut child)?
+    } else {
+        cmd.spawn()?.wait()?
+    };
     Ok(record::ExitRecord::from_status(status, 0).exit_code)
 }
 
@@ -107,11 +132,6 @@ fn enter_child(spec: &LaunchSpec, tty: bool) -> io::Result<()> {
         if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
             return Err(io::Error::last_os_error());
         }
-    }
-    if let Some(sb) = &spec.sandbox
-        && !sb.pivot_root
-    {
-        nix::unistd::chroot(sb.root.as_path()).map_err(io::Error::from)?;
     }
     let cwd = if spec.sandbox.is_some() || Path::new(&spec.cwd).is_dir() {
         spec.cwd.clone()

@@ -12,6 +12,7 @@ mod child;
 pub mod enter;
 mod init;
 pub mod privileges;
+mod ptyrelay;
 pub mod record;
 pub mod sandbox;
 pub mod spec;

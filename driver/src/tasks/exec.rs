@@ -216,6 +216,9 @@ async fn with_tty(
     let mut child = cmd
         .spawn()
         .map_err(|e| DriverError::io("starting the exec helper", e))?;
+    // The Command still holds its copies of the slave: without dropping them the master never
+    // sees EIO when the command ends.
+    drop(cmd);
     drop(pty.slave);
     let master: OwnedFd = pty.master;
     let mut reader = std::fs::File::from(

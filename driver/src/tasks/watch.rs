@@ -18,10 +18,11 @@ pub fn read_outcome(dir: &Path) -> Result<Option<Outcome>, String> {
         .map_err(|e| format!("cannot read the exit record: {e}"))
 }
 
-/// Marks an outcome OOM-killed when the main process died of SIGKILL and the task cgroup's
-/// OOM-kill counter moved while the task ran (the cgroup view; the eBPF observer refines it).
+/// Marks an outcome OOM-killed when the task cgroup's OOM-kill counter moved while the task ran
+/// and the task ended by SIGKILL: its main process was killed, or (exit code 137) it exited
+/// because a process it waited for was. A clean or ordinary failing exit is never OOM.
 pub fn with_oom(mut outcome: Outcome, state: &DriverState) -> Outcome {
-    if outcome.signal == libc::SIGKILL
+    if (outcome.signal == libc::SIGKILL || outcome.exit_code == 128 + libc::SIGKILL)
         && let Some(after) = state
             .cgroups
             .as_ref()
@@ -47,6 +48,7 @@ pub fn spawn(pidfd: PidFd, state: DriverState, tx: watch::Sender<Option<Outcome>
             )),
             Err(e) => Outcome::lost(e),
         };
+        let outcome = with_oom(outcome, &state);
         tracing::info!(
             pid,
             exit_code = outcome.exit_code,

@@ -2,15 +2,19 @@
 //! (`log_level=trace&log_json=true&plain=true`: one hclog JSON object per line), whatever the
 //! agent's own `log_level`, so checks can read timestamps of lines the agent file does not have
 //! (e.g. the task runner's `finished prestart hooks`, logged just before it calls StartTask).
-//! Also parses the RFC 3339 timestamps hclog and Go's `time.Time` JSON use.
+//! Also switches a running agent to TRACE (config rewrite + SIGHUP) and parses the RFC 3339
+//! timestamps hclog and Go's `time.Time` JSON use.
 
 use std::io::{BufRead as _, BufReader};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, ensure};
+use nix::sys::signal::Signal;
 use serde_json::Value;
+
+use crate::agent::Agent;
 
 /// A background reader of the agent's TRACE log stream. The thread ends when the agent closes
 /// the connection (at agent shutdown).
@@ -87,6 +91,43 @@ impl LogMonitor {
     }
 }
 
+/// Switches a running agent to `log_level = "TRACE"`: rewrites the `log_level` line of its
+/// config file and sends SIGHUP (Nomad reloads the log level on SIGHUP; the task runner logs its
+/// prestart timing lines only when its own level is TRACE). Returns once the agent log shows a
+/// `[TRACE]` line.
+pub fn enable_trace_logging(agent: &Agent) -> Result<()> {
+    let path = agent.root().join("agent.hcl");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut found = false;
+    let new: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("log_level") {
+                found = true;
+                "log_level = \"TRACE\"".to_owned()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    ensure!(found, "{} has no log_level line", path.display());
+    std::fs::write(&path, new.join("\n") + "\n")?;
+    let pid = agent.pid().context("the agent is not running")?;
+    crate::procs::signal(pid, Signal::SIGHUP).context("sending SIGHUP to the agent")?;
+    crate::wait::poll_until(
+        "the agent log to show TRACE lines after SIGHUP",
+        Duration::from_secs(10),
+        crate::wait::POLL,
+        |_| {
+            Ok(std::fs::read_to_string(agent.log_path())
+                .ok()
+                .filter(|t| t.contains("[TRACE]"))
+                .map(|_| ()))
+        },
+    )
+}
+
 /// A string field of a JSON log line.
 #[must_use]
 pub fn field<'a>(line: &'a Value, key: &str) -> Option<&'a str> {
@@ -97,60 +138,55 @@ pub fn field<'a>(line: &'a Value, key: &str) -> Option<&'a str> {
 /// length, `Z` or `±HH:MM`). Go's `time.Time` text form with a monotonic suffix
 /// (`2025-11-23 02:40:00.1 +0000 UTC m=+1.2`) is accepted too.
 #[must_use]
-pub fn parse_rfc3339_nanos(s: &str) -> Option<i128> {
-    let s = s.trim();
-    let (date, rest) = s.split_at_checked(10)?;
+pub fn parse_rfc3339_nanos(text: &str) -> Option<i128> {
+    let text = text.trim();
+    let (date, rest) = text.split_at_checked(10)?;
     let rest = rest.strip_prefix(['T', ' '])?;
-    let mut d = date.split('-');
-    let (y, mo, da): (i64, i64, i64) = (
-        d.next()?.parse().ok()?,
-        d.next()?.parse().ok()?,
-        d.next()?.parse().ok()?,
-    );
-    let (hms, rest) = rest.split_at_checked(8)?;
-    let mut t = hms.split(':');
-    let (h, mi, se): (i64, i64, i64) = (
-        t.next()?.parse().ok()?,
-        t.next()?.parse().ok()?,
-        t.next()?.parse().ok()?,
-    );
-    let (frac, zone) = match rest.strip_prefix('.') {
-        Some(r) => {
-            let end = r.find(|c: char| !c.is_ascii_digit()).unwrap_or(r.len());
-            (&r[..end], &r[end..])
+    let mut ymd = date.split('-').map(str::parse::<i64>);
+    let (year, month, day) = (ymd.next()?.ok()?, ymd.next()?.ok()?, ymd.next()?.ok()?);
+    let (clock, rest) = rest.split_at_checked(8)?;
+    let mut hms = clock.split(':').map(str::parse::<i64>);
+    let (hour, minute, second) = (hms.next()?.ok()?, hms.next()?.ok()?, hms.next()?.ok()?);
+    let (fraction, zone) = match rest.strip_prefix('.') {
+        Some(after) => {
+            let end = after
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(after.len());
+            (&after[..end], &after[end..])
         }
         None => ("", rest),
     };
     let mut nanos: i128 = 0;
-    for (i, c) in frac.chars().take(9).enumerate() {
-        nanos += i128::from(c.to_digit(10)?) * 10i128.pow(8 - i as u32);
+    for (place, digit) in (0u32..9).rev().zip(fraction.chars()) {
+        nanos += i128::from(digit.to_digit(10)?) * 10i128.pow(place);
     }
     let zone = zone.trim_start();
-    let offset_s: i64 = if zone.starts_with('Z') || zone.is_empty() {
+    let offset_secs: i64 = if zone.is_empty() || zone.starts_with('Z') {
         0
     } else {
         let sign = if zone.starts_with('-') { -1 } else { 1 };
-        let z = zone.get(1..)?;
-        let (zh, zm) = if z.as_bytes().get(2) == Some(&b':') {
-            (z.get(0..2)?, z.get(3..5)?)
+        let digits = zone.get(1..)?;
+        let (zone_h, zone_m) = if digits.as_bytes().get(2) == Some(&b':') {
+            (digits.get(0..2)?, digits.get(3..5)?)
         } else {
-            (z.get(0..2)?, z.get(2..4)?)
+            (digits.get(0..2)?, digits.get(2..4)?)
         };
-        sign * (zh.parse::<i64>().ok()? * 3600 + zm.parse::<i64>().ok()? * 60)
+        sign * (zone_h.parse::<i64>().ok()? * 3600 + zone_m.parse::<i64>().ok()? * 60)
     };
-    let secs = days_from_civil(y, mo, da) * 86_400 + h * 3600 + mi * 60 + se - offset_s;
+    let secs = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second
+        - offset_secs;
     Some(i128::from(secs) * 1_000_000_000 + nanos)
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let month_from_march = (month + 9) % 12;
+    let day_of_year = (153 * month_from_march + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
 }
 
 #[cfg(test)]
@@ -159,7 +195,10 @@ mod tests {
 
     #[test]
     fn parses_timestamps() {
-        assert_eq!(parse_rfc3339_nanos("1970-01-01T00:00:01Z"), Some(1_000_000_000));
+        assert_eq!(
+            parse_rfc3339_nanos("1970-01-01T00:00:01Z"),
+            Some(1_000_000_000)
+        );
         assert_eq!(
             parse_rfc3339_nanos("2025-11-23T02:40:00.123456789Z"),
             Some(1_763_865_600_123_456_789)

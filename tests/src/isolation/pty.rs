@@ -141,8 +141,8 @@ impl PtySession {
     pub fn expect_from(&mut self, from: usize, needle: &str, timeout: Duration) -> Result<String> {
         let deadline = Instant::now() + timeout;
         loop {
-            let since = String::from_utf8_lossy(&self.output[from.min(self.output.len())..])
-                .into_owned();
+            let since =
+                String::from_utf8_lossy(&self.output[from.min(self.output.len())..]).into_owned();
             if since.contains(needle) {
                 return Ok(since);
             }
@@ -164,25 +164,34 @@ impl PtySession {
         self.output.len()
     }
 
-    /// Waits for the command to exit (reading its output meanwhile); kills it on timeout.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+    /// Waits up to `timeout` for the command to exit, reading its output meanwhile; `None` if
+    /// it still runs.
+    pub fn try_wait_exit(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait()? {
                 // Drain what is left (until end of output or a quiet 100 ms).
                 while self.pump(Duration::from_millis(100))? {}
-                return Ok(status);
+                return Ok(Some(status));
             }
             if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                bail!(
-                    "the command did not exit within {timeout:?}; output:\n{}",
-                    self.output()
-                );
+                return Ok(None);
             }
-            self.pump(Duration::from_millis(100))?;
+            self.pump(Duration::from_millis(50))?;
         }
+    }
+
+    /// Waits for the command to exit (reading its output meanwhile); kills it on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        if let Some(status) = self.try_wait_exit(timeout)? {
+            return Ok(status);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        bail!(
+            "the command did not exit within {timeout:?}; output:\n{}",
+            self.output()
+        )
     }
 }
 
