@@ -1,10 +1,15 @@
-//! Fixed-size `#[repr(C)]` records that the eBPF probes write into the `EVENTS` ring buffer and the
-//! driver reads, plus the tracepoint field layouts the driver passes to the probes as globals.
+//! Fixed-size `#[repr(C)]` records and map values shared by the eBPF probes and the driver: the
+//! ring-buffer event records, the pinned per-task "facts" map value, and the tracepoint field
+//! layouts the driver passes to the probes as globals.
 //!
 //! Contract with the kernel: the probes are classic tracepoints whose field offsets come from
 //! `/sys/kernel/tracing/events/<category>/<name>/format` at start-up (never baked in at build time).
 //! Every record starts with an [`EventHeader`]; `kind` says which record follows. All records are
 //! 8-byte aligned, contain no implicit padding, and are valid for every bit pattern.
+//!
+//! Attribution is by PID lineage: userspace writes a task's first process into [`MAP_TRACKED`]
+//! (`tgid -> task key`); the probes add the new processes of tracked processes, keep their threads
+//! in [`MAP_THREADS`] (`tid -> tgid`), and emit records only for tracked processes.
 #![no_std]
 
 /// Length of a task command name (`TASK_COMM_LEN`), NUL-padded.
@@ -12,17 +17,49 @@ pub const COMM_LEN: usize = 16;
 /// Bytes of the executed path kept by the exec probe (longer paths are truncated).
 pub const FILENAME_LEN: usize = 128;
 
-/// Name of the ring buffer map that carries the records.
+/// Version of everything pinned under bpffs (map names, key/value layouts, sizes). The driver pins
+/// into a directory named after it, so a driver with another layout never reuses stale maps.
+/// Bump it whenever a pinned map's definition or value layout changes.
+pub const PIN_LAYOUT_VERSION: u32 = 1;
+
+/// Name of the ring buffer map that carries the records (pinned).
 pub const MAP_EVENTS: &str = "EVENTS";
-/// Name of the per-CPU `u64` counter of records dropped because the ring buffer was full.
+/// Name of the per-CPU `u64` counter of records dropped because the ring buffer was full (pinned).
 pub const MAP_LOST: &str = "LOST";
+/// `HashMap<u32 tgid, u64 task key>`: processes that belong to a task (pinned).
+pub const MAP_TRACKED: &str = "TRACKED";
+/// `HashMap<u32 tid, u32 tgid>`: non-leader threads of tracked processes (pinned).
+pub const MAP_THREADS: &str = "THREADS";
+/// `HashMap<u64 task key, TaskFacts>`: what the probes learned about each task's main process and
+/// OOM kills, written in the kernel even while no driver reads the ring buffer (pinned).
+pub const MAP_FACTS: &str = "FACTS";
+
+/// Size of the `EVENTS` ring buffer: 4 MiB, roughly 40,000 records of backlog.
+pub const EVENTS_BYTES: u32 = 4 << 20;
+/// Capacity of `TRACKED` (live processes of all tasks together).
+pub const TRACKED_MAX: u32 = 65_536;
+/// Capacity of `THREADS` (live non-leader threads of all tasks together).
+pub const THREADS_MAX: u32 = 131_072;
+/// Capacity of `FACTS` (tasks known to the driver, running or exited but not yet destroyed).
+pub const FACTS_MAX: u32 = 8_192;
+/// `BPF_F_NO_PREALLOC`: hash maps allocate entries on use, so unused capacity costs no memory.
+pub const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// `CLONE_THREAD` in `task_newtask`'s `clone_flags`: the new task is a thread, not a process.
+pub const CLONE_THREAD: u64 = 0x0001_0000;
+/// `CLONE_PARENT`: the new process gets its creator's parent as its parent.
+pub const CLONE_PARENT: u64 = 0x0000_8000;
+
+/// Slots of [`TaskFacts::signals`]: one per classic signal number 1..=31; slot 0 collects every
+/// real-time signal (32..=64).
+pub const SIGNAL_SLOTS: usize = 32;
 
 /// Names of the globals that carry the tracepoint layouts, one per probe.
 pub const GLOBAL_EXEC_LAYOUT: &str = "EXEC_LAYOUT";
 /// See [`GLOBAL_EXEC_LAYOUT`].
 pub const GLOBAL_EXIT_LAYOUT: &str = "EXIT_LAYOUT";
 /// See [`GLOBAL_EXEC_LAYOUT`].
-pub const GLOBAL_FORK_LAYOUT: &str = "FORK_LAYOUT";
+pub const GLOBAL_NEWTASK_LAYOUT: &str = "NEWTASK_LAYOUT";
 /// See [`GLOBAL_EXEC_LAYOUT`].
 pub const GLOBAL_SIGNAL_LAYOUT: &str = "SIGNAL_LAYOUT";
 /// See [`GLOBAL_EXEC_LAYOUT`].
@@ -32,9 +69,9 @@ pub const GLOBAL_OOM_LAYOUT: &str = "OOM_LAYOUT";
 pub mod kind {
     /// [`super::ExecRecord`] from `sched/sched_process_exec`.
     pub const EXEC: u32 = 1;
-    /// [`super::ExitRecord`] from `sched/sched_process_exit`.
+    /// [`super::ExitRecord`] from `sched/sched_process_exit` (whole process gone).
     pub const EXIT: u32 = 2;
-    /// [`super::ForkRecord`] from `sched/sched_process_fork`.
+    /// [`super::ForkRecord`] from `task/task_newtask` (a new process, never a thread).
     pub const FORK: u32 = 3;
     /// [`super::SignalRecord`] from `signal/signal_generate`.
     pub const SIGNAL: u32 = 4;
@@ -58,7 +95,7 @@ pub struct EventHeader {
     pub tid: u32,
 }
 
-/// `sched_process_exec`: the current task finished `execve` successfully.
+/// `sched_process_exec`: a tracked process finished `execve` successfully.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ExecRecord {
@@ -71,13 +108,15 @@ pub struct ExecRecord {
     pub filename_len: u32,
     /// Always zero; makes the layout explicit.
     pub pad: u32,
+    /// Task key of the process.
+    pub task: u64,
     /// `comm` of the task after exec.
     pub comm: [u8; COMM_LEN],
     /// Tracepoint `filename` (`__data_loc char[]`), NUL-terminated when shorter than the buffer.
     pub filename: [u8; FILENAME_LEN],
 }
 
-/// `sched_process_exit`: a task (thread) is exiting.
+/// `sched_process_exit`: the last thread of a tracked process is exiting.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ExitRecord {
@@ -89,6 +128,8 @@ pub struct ExitRecord {
     pub group_dead: u8,
     /// Always zero; makes the layout explicit.
     pub pad: [u8; 3],
+    /// Task key of the process.
+    pub task: u64,
     /// Tracepoint `comm`.
     pub comm: [u8; COMM_LEN],
 }
@@ -98,44 +139,71 @@ impl ExitRecord {
     pub const GROUP_DEAD_UNKNOWN: u8 = 0xff;
 }
 
-/// `sched_process_fork`: the current task created a new task (process or thread).
+/// `task_newtask`: a tracked process (the header's pid) created a new process `child_pid`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ForkRecord {
     pub header: EventHeader,
-    /// Tracepoint `parent_pid` (the parent thread's id).
-    pub parent_pid: u32,
-    /// Tracepoint `child_pid` (the new task's id: a PID for a process, a TID for a thread).
+    /// Tracepoint `pid`: the new process's PID.
     pub child_pid: u32,
+    /// Always zero; makes the layout explicit.
+    pub pad: u32,
+    /// Tracepoint `clone_flags` (never has [`CLONE_THREAD`] here).
+    pub clone_flags: u64,
+    /// Task key of both processes.
+    pub task: u64,
+    /// `comm` of the creating thread.
     pub parent_comm: [u8; COMM_LEN],
+    /// Tracepoint `comm` of the new process (inherited from the creator until it execs).
     pub child_comm: [u8; COMM_LEN],
 }
 
-/// `signal_generate`: the current task (the sender) generated a signal for `target_pid`.
+/// `signal_generate`: the current task (the sender) generated a signal for `target_pid`, and the
+/// sender or the target is tracked.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct SignalRecord {
     pub header: EventHeader,
     pub sig: i32,
     pub errno: i32,
+    /// `si_code`: `SI_USER` (0), `SI_TKILL` (-6), `SI_QUEUE` (-1), `SI_KERNEL` (0x80), or a
+    /// positive fault / child code raised by the kernel itself.
     pub code: i32,
-    /// Tracepoint `pid`: the target task.
+    /// Tracepoint `pid`: the target thread.
     pub target_pid: u32,
     /// Tracepoint `group`: non-zero when the signal targets the whole thread group.
     pub group: i32,
     /// Tracepoint `result` (`TRACE_SIGNAL_DELIVERED` = 0, `IGNORED`, `ALREADY_PENDING`, …).
     pub result: i32,
+    /// Thread-group id of the target when it is tracked (0 otherwise).
+    pub target_tgid: u32,
+    /// Real uid of the sender (`bpf_get_current_uid_gid`).
+    pub sender_uid: u32,
+    /// Task key of the target (0 when untracked).
+    pub target_task: u64,
+    /// Task key of the sender (0 when untracked).
+    pub sender_task: u64,
     /// Tracepoint `comm`: the target's command name.
     pub target_comm: [u8; COMM_LEN],
     /// `comm` of the sender (the current task).
     pub sender_comm: [u8; COMM_LEN],
 }
 
-/// `oom/mark_victim`: the OOM killer chose `victim_pid`.
+/// `signal_generate` result codes (`enum trace_signal_result` in the kernel).
+pub mod signal_result {
+    pub const DELIVERED: i32 = 0;
+    pub const IGNORED: i32 = 1;
+    pub const ALREADY_PENDING: i32 = 2;
+    pub const OVERFLOW_FAIL: i32 = 3;
+    pub const LOSE_INFO: i32 = 4;
+}
+
+/// `oom/mark_victim`: the OOM killer chose `victim_pid`, which belongs to a tracked process.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct OomVictimRecord {
     pub header: EventHeader,
+    /// Tracepoint `pid`: the victim thread the OOM killer picked.
     pub victim_pid: u32,
     pub uid: u32,
     pub total_vm_kb: u64,
@@ -145,8 +213,84 @@ pub struct OomVictimRecord {
     pub pgtables_kb: u64,
     pub oom_score_adj: i16,
     /// Always zero; makes the layout explicit.
-    pub pad: [u8; 6],
+    pub pad: [u8; 2],
+    /// Thread-group id of the victim.
+    pub victim_tgid: u32,
+    /// Task key of the victim.
+    pub task: u64,
     pub comm: [u8; COMM_LEN],
+}
+
+/// The last delivered generation of one signal number to a task's main process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SignalFact {
+    /// 0 when the slot was never written.
+    pub ktime_ns: u64,
+    pub sender_task: u64,
+    pub sender_pid: u32,
+    pub sender_tid: u32,
+    pub sender_uid: u32,
+    pub code: i32,
+    /// Exact signal number (slot 0 holds real-time signals).
+    pub sig: i32,
+    pub target_tid: u32,
+    pub sender_comm: [u8; COMM_LEN],
+}
+
+/// One OOM kill in a task.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OomFact {
+    /// 0 when no such kill happened.
+    pub ktime_ns: u64,
+    pub victim_pid: u32,
+    pub victim_tid: u32,
+    pub total_vm_kb: u64,
+    pub anon_rss_kb: u64,
+    pub file_rss_kb: u64,
+    pub shmem_rss_kb: u64,
+    pub uid: u32,
+    pub oom_score_adj: i16,
+    /// Always zero; makes the layout explicit.
+    pub pad: [u8; 2],
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Value of the pinned `FACTS` map: created by userspace when a task is tracked, then updated in
+/// place by the probes. It carries what an exit classification needs even when ring-buffer
+/// records were lost or no driver was reading them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskFacts {
+    /// The task's main process (tgid), written by userspace.
+    pub main_pid: u32,
+    /// OOM kills of any process of the task.
+    pub oom_kills: u32,
+    /// Last successful exec of the main process (0: none seen since tracking).
+    pub main_exec_ktime_ns: u64,
+    /// When the main process's last thread exited (0: still running or not seen).
+    pub main_exit_ktime_ns: u64,
+    /// `CLOCK_MONOTONIC` when userspace started tracking the task.
+    pub tracked_ktime_ns: u64,
+    /// The most recent OOM kill anywhere in the task.
+    pub last_oom: OomFact,
+    /// The OOM kill of the main process, if any.
+    pub main_oom: OomFact,
+    /// Per signal number: the last generation that reached the main process.
+    pub signals: [SignalFact; SIGNAL_SLOTS],
+}
+
+impl TaskFacts {
+    /// Slot of [`TaskFacts::signals`] for signal `sig`.
+    #[must_use]
+    pub const fn signal_slot(sig: i32) -> usize {
+        if sig > 0 && sig < SIGNAL_SLOTS as i32 {
+            sig as usize
+        } else {
+            0
+        }
+    }
 }
 
 /// Where one tracepoint field lives in the raw trace record (the probe's context).
@@ -203,14 +347,13 @@ pub struct ExitLayout {
     pub group_dead: FieldLoc,
 }
 
-/// Fields of `sched/sched_process_fork`.
+/// Fields of `task/task_newtask`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ForkLayout {
-    pub parent_comm: FieldLoc,
-    pub parent_pid: FieldLoc,
-    pub child_comm: FieldLoc,
-    pub child_pid: FieldLoc,
+pub struct NewTaskLayout {
+    pub pid: FieldLoc,
+    pub comm: FieldLoc,
+    pub clone_flags: FieldLoc,
 }
 
 /// Fields of `signal/signal_generate`.
@@ -241,23 +384,29 @@ pub struct OomLayout {
     pub oom_score_adj: FieldLoc,
 }
 
-// Sizes are part of the contract with the probes: a change here must rebuild both sides.
+// Sizes are part of the contract with the probes: a change here must rebuild both sides (and a
+// change to a pinned value must bump PIN_LAYOUT_VERSION).
 const _: () = {
     assert!(core::mem::size_of::<EventHeader>() == 24);
-    assert!(core::mem::size_of::<ExecRecord>() == 184);
-    assert!(core::mem::size_of::<ExitRecord>() == 48);
-    assert!(core::mem::size_of::<ForkRecord>() == 64);
-    assert!(core::mem::size_of::<SignalRecord>() == 80);
-    assert!(core::mem::size_of::<OomVictimRecord>() == 96);
+    assert!(core::mem::size_of::<ExecRecord>() == 192);
+    assert!(core::mem::size_of::<ExitRecord>() == 56);
+    assert!(core::mem::size_of::<ForkRecord>() == 80);
+    assert!(core::mem::size_of::<SignalRecord>() == 104);
+    assert!(core::mem::size_of::<OomVictimRecord>() == 104);
+    assert!(core::mem::size_of::<SignalFact>() == 56);
+    assert!(core::mem::size_of::<OomFact>() == 72);
+    assert!(core::mem::size_of::<TaskFacts>() == 32 + 2 * 72 + SIGNAL_SLOTS * 56);
     assert!(core::mem::size_of::<FieldLoc>() == 8);
     assert!(core::mem::align_of::<ExecRecord>() == 8);
+    assert!(core::mem::align_of::<TaskFacts>() == 8);
 };
 
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        EventHeader, ExecLayout, ExecRecord, ExitLayout, ExitRecord, FieldLoc, ForkLayout,
-        ForkRecord, OomLayout, OomVictimRecord, SignalLayout, SignalRecord,
+        EventHeader, ExecLayout, ExecRecord, ExitLayout, ExitRecord, FieldLoc, ForkRecord,
+        NewTaskLayout, OomFact, OomLayout, OomVictimRecord, SignalFact, SignalLayout, SignalRecord,
+        TaskFacts,
     };
 
     // SAFETY: every type below is `#[repr(C)]`, `Copy`, built only from integers and byte arrays
@@ -275,13 +424,19 @@ mod pod {
     // SAFETY: see the comment on `EventHeader` above.
     unsafe impl aya::Pod for OomVictimRecord {}
     // SAFETY: see the comment on `EventHeader` above.
+    unsafe impl aya::Pod for SignalFact {}
+    // SAFETY: see the comment on `EventHeader` above.
+    unsafe impl aya::Pod for OomFact {}
+    // SAFETY: see the comment on `EventHeader` above (arrays of padding-free structs).
+    unsafe impl aya::Pod for TaskFacts {}
+    // SAFETY: see the comment on `EventHeader` above.
     unsafe impl aya::Pod for FieldLoc {}
     // SAFETY: see the comment on `EventHeader` above (arrays of `FieldLoc`, no padding).
     unsafe impl aya::Pod for ExecLayout {}
     // SAFETY: see the comment on `EventHeader` above.
     unsafe impl aya::Pod for ExitLayout {}
     // SAFETY: see the comment on `EventHeader` above.
-    unsafe impl aya::Pod for ForkLayout {}
+    unsafe impl aya::Pod for NewTaskLayout {}
     // SAFETY: see the comment on `EventHeader` above.
     unsafe impl aya::Pod for SignalLayout {}
     // SAFETY: see the comment on `EventHeader` above.

@@ -7,6 +7,7 @@ pub mod errors;
 pub mod fingerprint;
 pub mod isolation;
 pub mod logging;
+pub mod observer;
 pub mod plugin;
 pub mod probes;
 pub mod procfs;

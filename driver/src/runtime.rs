@@ -48,7 +48,7 @@ impl Compute {
 /// Where the eBPF probes are.
 pub enum ProbeState {
     NotLoaded,
-    Loaded(Box<ProbeSet>),
+    Loaded(Arc<ProbeSet>),
     Failed(String),
 }
 
@@ -71,7 +71,7 @@ impl Runtime {
     pub fn new() -> Arc<Self> {
         let (events, _) = broadcast::channel(256);
         Arc::new(Self {
-            tasks: TaskManager::default(),
+            tasks: TaskManager::new(events.clone()),
             events,
             configured: RwLock::new(None),
             probes: tokio::sync::RwLock::new(ProbeState::NotLoaded),
@@ -122,7 +122,14 @@ impl Runtime {
         *probes = match ProbeSet::load() {
             Ok(set) => {
                 tracing::info!(attached = ?set.attached(), "eBPF probes loaded");
-                ProbeState::Loaded(Box::new(set))
+                let set = Arc::new(set);
+                let observer = crate::observer::Observer::start(
+                    Arc::clone(&set),
+                    crate::observer::ObserverConfig::default(),
+                );
+                observer.add_driver_pid(std::process::id());
+                self.tasks.observation.attach(observer);
+                ProbeState::Loaded(set)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "eBPF probes failed to load; tasks still run, without kernel observation");
@@ -138,27 +145,6 @@ impl Runtime {
             ProbeState::Loaded(set) => ("loaded".into(), set.attached().join(","), None),
             ProbeState::Failed(e) => ("failed".into(), String::new(), Some(e.clone())),
         }
-    }
-
-    /// Publishes a task event to Nomad's TaskEvents stream.
-    pub fn emit(
-        &self,
-        task: &drivers::TaskConfig,
-        message: String,
-        annotations: Vec<(&str, String)>,
-    ) {
-        let event = drivers::DriverTaskEvent {
-            task_id: task.id.clone(),
-            alloc_id: task.alloc_id.clone(),
-            task_name: task.name.clone(),
-            timestamp: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
-            message,
-            annotations: annotations
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v))
-                .collect(),
-        };
-        let _ = self.events.send(event);
     }
 }
 

@@ -3,6 +3,8 @@
 //! supervisor does (writing "0" to `cgroup.procs` between fork and exec), reads it back and kills
 //! everything in it (`cgroup.kill` on v2, freeze + SIGKILL + thaw on v1).
 
+#![allow(clippy::expect_used)] // Reason: test helpers outside #[test] fns; a failed setup step must stop the test.
+
 use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

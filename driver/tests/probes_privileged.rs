@@ -1,5 +1,6 @@
-//! Privileged test of the eBPF probe pipeline on the real kernel: loads the embedded probes,
-//! spawns `/bin/true` and a forking shell, and checks the exec/fork/exit events for those PIDs.
+//! Privileged test of the eBPF probe pipeline on the real kernel: loads the embedded probes
+//! (unpinned), tracks a gated shell by PID and checks the fork/exec/exit/signal events the probes
+//! attribute to its task, and that untracked processes produce no events at all.
 //! Needs root (`CAP_BPF`, `CAP_PERFMON`, `CAP_SYS_ADMIN` for tracefs). Without root it prints SKIP,
 //! except under `CI=true`, where a missing precondition is a failure.
 #![allow(
@@ -9,13 +10,16 @@
 )]
 
 use std::{
+    io::Write as _,
     path::Path,
-    process::Command,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use bpfexec_driver::probes::{ProbeSet, ProcessEvent};
+use bpfexec_driver::probes::{Pinning, ProbeOptions, ProbeSet, ProcessEvent};
 use tokio::sync::broadcast::{Receiver, error::TryRecvError};
+
+const TASK: u64 = 0x7e57;
 
 fn have_root() -> bool {
     if nix::unistd::geteuid().is_root() {
@@ -55,31 +59,60 @@ async fn collect_until(
 
 fn exec_of(events: &[ProcessEvent], want: u32, suffix: &str) -> bool {
     events.iter().any(|e| {
-        matches!(e, ProcessEvent::Exec { pid, filename, .. } if *pid == want && filename.ends_with(suffix))
+        matches!(e, ProcessEvent::Exec { pid, filename, task, .. }
+            if *pid == want && filename.ends_with(suffix) && *task == TASK)
     })
 }
 
-fn fork_of(events: &[ProcessEvent], child: u32) -> bool {
+fn children_of(events: &[ProcessEvent], parent: u32) -> Vec<u32> {
     events
         .iter()
-        .any(|e| matches!(e, ProcessEvent::Fork { child_pid, .. } if *child_pid == child))
+        .filter_map(|e| match e {
+            ProcessEvent::Fork {
+                parent_pid,
+                child_pid,
+                task,
+                ..
+            } if *parent_pid == parent && *task == TASK => Some(*child_pid),
+            _ => None,
+        })
+        .collect()
 }
 
 fn exit_of(events: &[ProcessEvent], want: u32) -> bool {
-    events.iter().any(
-        |e| matches!(e, ProcessEvent::Exit { pid, group_dead: Some(true), .. } if *pid == want),
-    )
+    events.iter().any(|e| {
+        matches!(e, ProcessEvent::Exit { pid, group_dead: Some(true), task, .. }
+            if *pid == want && *task == TASK)
+    })
+}
+
+fn mentions(e: &ProcessEvent, pid: u32) -> bool {
+    match e {
+        ProcessEvent::Exec { pid: p, .. }
+        | ProcessEvent::Exit { pid: p, .. }
+        | ProcessEvent::OomVictim { pid: p, .. } => *p == pid,
+        ProcessEvent::Signal {
+            target_pid,
+            sender_pid,
+            ..
+        } => *target_pid == pid || *sender_pid == pid,
+        ProcessEvent::Fork {
+            parent_pid,
+            child_pid,
+            ..
+        } => *parent_pid == pid || *child_pid == pid,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn probes_see_exec_fork_exit() {
+async fn probes_attribute_tracked_processes_only() {
     if !have_root() {
         return;
     }
-    let probes = ProbeSet::load().expect("loading the eBPF probes");
+    let probes = ProbeSet::load_with(&ProbeOptions::unpinned()).expect("loading the eBPF probes");
     for tp in [
         "sched/sched_process_exec",
-        "sched/sched_process_fork",
+        "task/task_newtask",
         "sched/sched_process_exit",
     ] {
         assert!(
@@ -88,66 +121,42 @@ async fn probes_see_exec_fork_exit() {
             probes.attached()
         );
     }
+    assert!(matches!(probes.pinning(), Pinning::Off { .. }));
     println!("attached: {:?}", probes.attached());
     let mut rx = probes.subscribe();
 
-    // 1. /bin/true: fork (from this test process), exec, exit.
+    // 1. An untracked /bin/true produces nothing.
     let mut child = Command::new("/bin/true")
         .spawn()
         .expect("spawning /bin/true");
-    let pid = child.id();
+    let untracked = child.id();
     assert!(child.wait().expect("waiting for /bin/true").success());
-    let mut seen = Vec::new();
-    let ok = collect_until(&mut rx, &mut seen, |ev| {
-        fork_of(ev, pid) && exec_of(ev, pid, "true") && exit_of(ev, pid)
-    })
-    .await;
-    assert!(
-        ok,
-        "missing fork/exec/exit for /bin/true pid {pid}; events for it: {:#?}",
-        seen.iter().filter(|e| mentions(e, pid)).collect::<Vec<_>>()
-    );
 
-    // The strings come through: `comm` after exec, `__data_loc` comms of the fork record.
-    for e in seen.iter().filter(|e| mentions(e, pid)) {
-        println!("{e:?}");
-        match e {
-            ProcessEvent::Exec { comm, tid, .. } | ProcessEvent::Exit { comm, tid, .. } => {
-                assert_eq!((comm.as_str(), *tid), ("true", pid));
-            }
-            ProcessEvent::Fork {
-                parent_comm,
-                child_comm,
-                parent_pid,
-                ..
-            } => {
-                assert_eq!(*parent_pid, std::process::id());
-                assert!(!parent_comm.is_empty() && !child_comm.is_empty(), "{e:?}");
-            }
-            _ => {}
-        }
-    }
-
-    // 2. A shell that forks a child: the shell's own fork shows up with the shell as parent.
+    // 2. A tracked shell: its forks, their execs and exits carry the task key.
     let mut sh = Command::new("/bin/sh")
-        .args(["-c", "/bin/sleep 0 & wait $!; exit 3"])
+        .args(["-c", "read go; /bin/true; /bin/sleep 0 & wait $!; exit 3"])
+        .stdin(Stdio::piped())
         .spawn()
         .expect("spawning /bin/sh");
     let sh_pid = sh.id();
+    probes
+        .kernel()
+        .track_pid(sh_pid, TASK)
+        .expect("tracking sh");
+    sh.stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"go\n")
+        .expect("go");
     assert_eq!(sh.wait().expect("waiting for sh").code(), Some(3));
     let mut seen = Vec::new();
     let ok = collect_until(&mut rx, &mut seen, |ev| {
-        let grandchild = ev.iter().find_map(|e| match e {
-            ProcessEvent::Fork {
-                parent_pid,
-                child_pid,
-                ..
-            } if *parent_pid == sh_pid => Some(*child_pid),
-            _ => None,
-        });
-        exec_of(ev, sh_pid, "sh")
+        let kids = children_of(ev, sh_pid);
+        kids.len() == 2
+            && kids.iter().all(|k| exit_of(ev, *k))
+            && kids.iter().any(|k| exec_of(ev, *k, "true"))
+            && kids.iter().any(|k| exec_of(ev, *k, "sleep"))
             && exit_of(ev, sh_pid)
-            && grandchild.is_some_and(|g| exec_of(ev, g, "sleep") && exit_of(ev, g))
     })
     .await;
     assert!(
@@ -157,22 +166,50 @@ async fn probes_see_exec_fork_exit() {
             .filter(|e| mentions(e, sh_pid))
             .collect::<Vec<_>>()
     );
+    for e in &seen {
+        println!("{e:?}");
+        assert!(!mentions(e, untracked), "untracked pid {untracked}: {e:?}");
+        if let ProcessEvent::Fork {
+            parent_comm,
+            child_comm,
+            ..
+        } = e
+        {
+            assert_eq!((parent_comm.as_str(), child_comm.as_str()), ("sh", "sh"));
+        }
+    }
+    // Exited processes leave TRACKED.
+    let tracked = probes.kernel().tracked().expect("reading TRACKED");
+    assert!(
+        !tracked.iter().any(|(_, t)| *t == TASK),
+        "stale entries: {tracked:?}"
+    );
 
-    // 3. signal_generate (optional tracepoint): a SIGKILL sent to a sleeping child.
+    // 3. signal_generate (optional tracepoint): a SIGKILL sent to a tracked sleeper.
     if probes.attached().contains(&"signal/signal_generate") {
         let mut sleeper = Command::new("/bin/sleep")
             .arg("30")
             .spawn()
             .expect("spawning sleep");
         let spid = sleeper.id();
+        probes
+            .kernel()
+            .track_pid(spid, TASK)
+            .expect("tracking sleep");
         sleeper.kill().expect("killing our own sleep child");
         let _ = sleeper.wait();
         let mut seen = Vec::new();
         let ok = collect_until(&mut rx, &mut seen, |ev| {
-            ev.iter().any(|e| matches!(e, ProcessEvent::Signal { target_pid, sig: 9, .. } if *target_pid == spid))
+            ev.iter().any(|e| {
+                matches!(e, ProcessEvent::Signal { target_pid, target_task, sig: 9, .. }
+                if *target_pid == spid && *target_task == TASK)
+            })
         })
         .await;
-        assert!(ok, "no SIGKILL signal_generate event for pid {spid}");
+        assert!(
+            ok,
+            "no attributed SIGKILL signal_generate event for pid {spid}"
+        );
     }
 
     assert!(probes.events_received() > 0);
@@ -180,18 +217,4 @@ async fn probes_see_exec_fork_exit() {
     assert_eq!(probes.lost_events().expect("reading LOST"), 0);
     assert!(Path::new(probes.tracefs()).join("events").is_dir());
     println!("events received: {}", probes.events_received());
-}
-
-fn mentions(e: &ProcessEvent, pid: u32) -> bool {
-    match e {
-        ProcessEvent::Exec { pid: p, .. }
-        | ProcessEvent::Exit { pid: p, .. }
-        | ProcessEvent::Signal { target_pid: p, .. }
-        | ProcessEvent::OomVictim { pid: p, .. } => *p == pid,
-        ProcessEvent::Fork {
-            parent_pid,
-            child_pid,
-            ..
-        } => *parent_pid == pid || *child_pid == pid,
-    }
 }

@@ -1,33 +1,45 @@
-//! Thin tracepoint probes: read the fields the driver located in the tracefs `format` files
-//! (passed in as `*_LAYOUT` globals), fill one fixed-size `bpfexec-common` record, and submit it to
-//! the `EVENTS` ring buffer. When the ring buffer is full the per-CPU `LOST` counter is bumped.
-//! No attribution or policy here: that lives in the driver.
+//! Thin tracepoint probes with in-kernel attribution by PID lineage. Each probe reads the fields the
+//! driver located in the tracefs `format` files (passed in as `*_LAYOUT` globals), looks the
+//! process up in `TRACKED` (`tgid -> task key`, seeded by userspace), and only for tracked
+//! processes fills one fixed-size `bpfexec-common` record into the `EVENTS` ring buffer (the per-CPU
+//! `LOST` counter is bumped when it is full). `task_newtask` extends `TRACKED` to new processes of
+//! tracked ones and `THREADS` to their threads; `sched_process_exit` removes them. The probes also
+//! keep the pinned per-task `FACTS` (signals to the main process, OOM kills) up to date in place.
+//! No policy here: classification lives in the driver.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     EbpfContext, Global,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
-        bpf_probe_read_kernel_str_bytes,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes,
     },
     macros::{map, tracepoint},
-    maps::{PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use bpfexec_common::{
-    COMM_LEN, EventHeader, ExecLayout, ExecRecord, ExitLayout, ExitRecord, FieldLoc, ForkLayout,
-    ForkRecord, OomLayout, OomVictimRecord, SignalLayout, SignalRecord, kind,
+    BPF_F_NO_PREALLOC, CLONE_THREAD, COMM_LEN, EVENTS_BYTES, EventHeader, ExecLayout, ExecRecord,
+    ExitLayout, ExitRecord, FACTS_MAX, FieldLoc, ForkRecord, NewTaskLayout, OomFact, OomLayout,
+    OomVictimRecord, SIGNAL_SLOTS, SignalFact, SignalLayout, SignalRecord, THREADS_MAX,
+    TRACKED_MAX, TaskFacts, kind, signal_result,
 };
-
-/// 1 MiB of records (a power-of-two multiple of the page size, as the kernel requires).
-const EVENTS_BYTES: u32 = 1 << 20;
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static TRACKED: HashMap<u32, u64> = HashMap::with_max_entries(TRACKED_MAX, BPF_F_NO_PREALLOC);
+
+#[map]
+static THREADS: HashMap<u32, u32> = HashMap::with_max_entries(THREADS_MAX, BPF_F_NO_PREALLOC);
+
+#[map]
+static FACTS: HashMap<u64, TaskFacts> = HashMap::with_max_entries(FACTS_MAX, BPF_F_NO_PREALLOC);
 
 #[unsafe(no_mangle)]
 static EXEC_LAYOUT: Global<ExecLayout> = Global::new(ExecLayout {
@@ -42,11 +54,10 @@ static EXIT_LAYOUT: Global<ExitLayout> = Global::new(ExitLayout {
     group_dead: FieldLoc::ABSENT,
 });
 #[unsafe(no_mangle)]
-static FORK_LAYOUT: Global<ForkLayout> = Global::new(ForkLayout {
-    parent_comm: FieldLoc::ABSENT,
-    parent_pid: FieldLoc::ABSENT,
-    child_comm: FieldLoc::ABSENT,
-    child_pid: FieldLoc::ABSENT,
+static NEWTASK_LAYOUT: Global<NewTaskLayout> = Global::new(NewTaskLayout {
+    pid: FieldLoc::ABSENT,
+    comm: FieldLoc::ABSENT,
+    clone_flags: FieldLoc::ABSENT,
 });
 #[unsafe(no_mangle)]
 static SIGNAL_LAYOUT: Global<SignalLayout> = Global::new(SignalLayout {
@@ -72,17 +83,47 @@ static OOM_LAYOUT: Global<OomLayout> = Global::new(OomLayout {
 });
 
 #[inline(always)]
-fn header(kind: u32) -> EventHeader {
+fn now_ns() -> u64 {
+    // SAFETY: helper without arguments, always safe to call from a tracepoint.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// (tgid, tid) of the current task.
+#[inline(always)]
+fn current_ids() -> (u32, u32) {
     let pid_tgid = bpf_get_current_pid_tgid();
+    ((pid_tgid >> 32) as u32, pid_tgid as u32)
+}
+
+#[inline(always)]
+fn header(kind: u32, ktime_ns: u64, tgid: u32, tid: u32) -> EventHeader {
     EventHeader {
         kind,
         // SAFETY: helper without arguments, always safe to call from a tracepoint.
         cpu: unsafe { bpf_get_smp_processor_id() },
-        // SAFETY: helper without arguments, always safe to call from a tracepoint.
-        ktime_ns: unsafe { bpf_ktime_get_ns() },
-        pid: (pid_tgid >> 32) as u32,
-        tid: pid_tgid as u32,
+        ktime_ns,
+        pid: tgid,
+        tid,
     }
+}
+
+/// Task key of process `tgid`, if tracked.
+#[inline(always)]
+fn task_of(tgid: u32) -> Option<u64> {
+    // SAFETY: the value is copied out immediately; a concurrent delete can at worst make us read
+    // a key that was just untracked, which userspace tolerates.
+    unsafe { TRACKED.get(tgid).copied() }
+}
+
+/// (tgid, task key) of thread or process `tid`, if it belongs to a tracked process.
+#[inline(always)]
+fn resolve(tid: u32) -> Option<(u32, u64)> {
+    if let Some(task) = task_of(tid) {
+        return Some((tid, task));
+    }
+    // SAFETY: as in `task_of`, the value is copied out at once.
+    let tgid = unsafe { THREADS.get(tid).copied() }?;
+    task_of(tgid).map(|task| (tgid, task))
 }
 
 #[inline(always)]
@@ -156,7 +197,26 @@ fn current_comm() -> [u8; COMM_LEN] {
 
 #[tracepoint(category = "sched", name = "sched_process_exec")]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    let (tgid, tid) = current_ids();
+    let Some(task) = task_of(tgid) else {
+        return 0;
+    };
     let layout = EXEC_LAYOUT.load();
+    let now = now_ns();
+    let old_pid = read_int(&ctx, layout.old_pid) as u32;
+    if old_pid != tgid {
+        // A non-leader thread exec'd and took over the leader's pid: its old tid is gone.
+        let _ = THREADS.remove(old_pid);
+    }
+    if let Some(facts) = FACTS.get_ptr_mut(task) {
+        // SAFETY: pointer from a successful lookup of a value userspace created; a racing update
+        // of one u64 can at worst be lost, never corrupt memory.
+        unsafe {
+            if (*facts).main_pid == tgid {
+                (*facts).main_exec_ktime_ns = now;
+            }
+        }
+    }
     let Some(mut entry) = EVENTS.reserve::<ExecRecord>(0) else {
         count_lost();
         return 0;
@@ -165,10 +225,11 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     // SAFETY: `rec` points to a reserved, exclusively owned ring-buffer slot of the right size
     // and alignment (8); every field is written before submit.
     unsafe {
-        (*rec).header = header(kind::EXEC);
+        (*rec).header = header(kind::EXEC, now, tgid, tid);
         (*rec).pid = read_int(&ctx, layout.pid) as u32;
-        (*rec).old_pid = read_int(&ctx, layout.old_pid) as u32;
+        (*rec).old_pid = old_pid;
         (*rec).pad = 0;
+        (*rec).task = task;
         (*rec).comm = current_comm();
         (*rec).filename_len = read_str(&ctx, layout.filename, &mut (*rec).filename);
     }
@@ -178,7 +239,37 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    let (tgid, tid) = current_ids();
+    let Some(task) = task_of(tgid) else {
+        return 0;
+    };
     let layout = EXIT_LAYOUT.load();
+    if tid != tgid {
+        let _ = THREADS.remove(tid);
+    }
+    let group_dead = if layout.group_dead.is_present() {
+        u8::from(read_int(&ctx, layout.group_dead) != 0)
+    } else {
+        ExitRecord::GROUP_DEAD_UNKNOWN
+    };
+    // Without `group_dead` (old kernels) the leader's exit stands for the process's.
+    let process_gone = match group_dead {
+        ExitRecord::GROUP_DEAD_UNKNOWN => tid == tgid,
+        v => v != 0,
+    };
+    if !process_gone {
+        return 0;
+    }
+    let _ = TRACKED.remove(tgid);
+    let now = now_ns();
+    if let Some(facts) = FACTS.get_ptr_mut(task) {
+        // SAFETY: see `sched_process_exec`.
+        unsafe {
+            if (*facts).main_pid == tgid {
+                (*facts).main_exit_ktime_ns = now;
+            }
+        }
+    }
     let Some(mut entry) = EVENTS.reserve::<ExitRecord>(0) else {
         count_lost();
         return 0;
@@ -186,14 +277,11 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let rec = entry.as_mut_ptr();
     // SAFETY: see `sched_process_exec`.
     unsafe {
-        (*rec).header = header(kind::EXIT);
+        (*rec).header = header(kind::EXIT, now, tgid, tid);
         (*rec).pid = read_int(&ctx, layout.pid) as u32;
-        (*rec).group_dead = if layout.group_dead.is_present() {
-            u8::from(read_int(&ctx, layout.group_dead) != 0)
-        } else {
-            ExitRecord::GROUP_DEAD_UNKNOWN
-        };
+        (*rec).group_dead = group_dead;
         (*rec).pad = [0; 3];
+        (*rec).task = task;
         (*rec).comm = [0; COMM_LEN];
         read_str(&ctx, layout.comm, &mut (*rec).comm);
     }
@@ -201,9 +289,22 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint(category = "sched", name = "sched_process_fork")]
-pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
-    let layout = FORK_LAYOUT.load();
+/// Runs in the creator's context before the new task can run, so the child is tracked before it
+/// can fork, exec or exit. `clone_flags` tells threads (kept in `THREADS`) from processes.
+#[tracepoint(category = "task", name = "task_newtask")]
+pub fn task_newtask(ctx: TracePointContext) -> u32 {
+    let (tgid, tid) = current_ids();
+    let Some(task) = task_of(tgid) else {
+        return 0;
+    };
+    let layout = NEWTASK_LAYOUT.load();
+    let child = read_int(&ctx, layout.pid) as u32;
+    let clone_flags = read_int(&ctx, layout.clone_flags) as u64;
+    if clone_flags & CLONE_THREAD != 0 {
+        let _ = THREADS.insert(child, tgid, 0);
+        return 0;
+    }
+    let _ = TRACKED.insert(child, task, 0);
     let Some(mut entry) = EVENTS.reserve::<ForkRecord>(0) else {
         count_lost();
         return 0;
@@ -211,13 +312,14 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     let rec = entry.as_mut_ptr();
     // SAFETY: see `sched_process_exec`.
     unsafe {
-        (*rec).header = header(kind::FORK);
-        (*rec).parent_pid = read_int(&ctx, layout.parent_pid) as u32;
-        (*rec).child_pid = read_int(&ctx, layout.child_pid) as u32;
-        (*rec).parent_comm = [0; COMM_LEN];
+        (*rec).header = header(kind::FORK, now_ns(), tgid, tid);
+        (*rec).child_pid = child;
+        (*rec).pad = 0;
+        (*rec).clone_flags = clone_flags;
+        (*rec).task = task;
+        (*rec).parent_comm = current_comm();
         (*rec).child_comm = [0; COMM_LEN];
-        read_str(&ctx, layout.parent_comm, &mut (*rec).parent_comm);
-        read_str(&ctx, layout.child_comm, &mut (*rec).child_comm);
+        read_str(&ctx, layout.comm, &mut (*rec).child_comm);
     }
     entry.submit(0);
     0
@@ -226,6 +328,50 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "signal", name = "signal_generate")]
 pub fn signal_generate(ctx: TracePointContext) -> u32 {
     let layout = SIGNAL_LAYOUT.load();
+    let target = read_int(&ctx, layout.pid) as u32;
+    let (sender_tgid, sender_tid) = current_ids();
+    let (target_tgid, target_task) = resolve(target).unwrap_or((0, 0));
+    let sender_task = task_of(sender_tgid).unwrap_or(0);
+    if target_task == 0 && sender_task == 0 {
+        return 0;
+    }
+    let now = now_ns();
+    let sig = read_int(&ctx, layout.sig) as i32;
+    let code = read_int(&ctx, layout.code) as i32;
+    let result = read_int(&ctx, layout.result) as i32;
+    let sender_uid = bpf_get_current_uid_gid() as u32;
+    let sender_comm = current_comm();
+    // Remember who reached the main process with this signal number; ignored or merged
+    // (already pending) generations never change what the process will receive.
+    if target_task != 0
+        && (result == signal_result::DELIVERED || result == signal_result::LOSE_INFO)
+        && let Some(facts) = FACTS.get_ptr_mut(target_task)
+    {
+        // Same mapping as `TaskFacts::signal_slot`, written so the verifier sees the bound on the
+        // very register used as the index.
+        let idx = sig as u32;
+        let slot = if idx < SIGNAL_SLOTS as u32 {
+            idx as usize
+        } else {
+            0
+        };
+        // SAFETY: pointer from a successful lookup; `slot` is below the array's length.
+        unsafe {
+            if (*facts).main_pid == target_tgid {
+                (*facts).signals[slot] = SignalFact {
+                    ktime_ns: now,
+                    sender_task,
+                    sender_pid: sender_tgid,
+                    sender_tid,
+                    sender_uid,
+                    code,
+                    sig,
+                    target_tid: target,
+                    sender_comm,
+                };
+            }
+        }
+    }
     let Some(mut entry) = EVENTS.reserve::<SignalRecord>(0) else {
         count_lost();
         return 0;
@@ -233,16 +379,20 @@ pub fn signal_generate(ctx: TracePointContext) -> u32 {
     let rec = entry.as_mut_ptr();
     // SAFETY: see `sched_process_exec`.
     unsafe {
-        (*rec).header = header(kind::SIGNAL);
-        (*rec).sig = read_int(&ctx, layout.sig) as i32;
+        (*rec).header = header(kind::SIGNAL, now, sender_tgid, sender_tid);
+        (*rec).sig = sig;
         (*rec).errno = read_int(&ctx, layout.errno) as i32;
-        (*rec).code = read_int(&ctx, layout.code) as i32;
-        (*rec).target_pid = read_int(&ctx, layout.pid) as u32;
+        (*rec).code = code;
+        (*rec).target_pid = target;
         (*rec).group = read_int(&ctx, layout.group) as i32;
-        (*rec).result = read_int(&ctx, layout.result) as i32;
+        (*rec).result = result;
+        (*rec).target_tgid = target_tgid;
+        (*rec).sender_uid = sender_uid;
+        (*rec).target_task = target_task;
+        (*rec).sender_task = sender_task;
         (*rec).target_comm = [0; COMM_LEN];
         read_str(&ctx, layout.comm, &mut (*rec).target_comm);
-        (*rec).sender_comm = current_comm();
+        (*rec).sender_comm = sender_comm;
     }
     entry.submit(0);
     0
@@ -251,6 +401,36 @@ pub fn signal_generate(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "oom", name = "mark_victim")]
 pub fn mark_victim(ctx: TracePointContext) -> u32 {
     let layout = OOM_LAYOUT.load();
+    let victim = read_int(&ctx, layout.pid) as u32;
+    let Some((victim_tgid, task)) = resolve(victim) else {
+        return 0;
+    };
+    let (tgid, tid) = current_ids();
+    let now = now_ns();
+    let mut fact = OomFact {
+        ktime_ns: now,
+        victim_pid: victim_tgid,
+        victim_tid: victim,
+        total_vm_kb: read_int(&ctx, layout.total_vm) as u64,
+        anon_rss_kb: read_int(&ctx, layout.anon_rss) as u64,
+        file_rss_kb: read_int(&ctx, layout.file_rss) as u64,
+        shmem_rss_kb: read_int(&ctx, layout.shmem_rss) as u64,
+        uid: read_int(&ctx, layout.uid) as u32,
+        oom_score_adj: read_int(&ctx, layout.oom_score_adj) as i16,
+        pad: [0; 2],
+        comm: [0; COMM_LEN],
+    };
+    read_str(&ctx, layout.comm, &mut fact.comm);
+    if let Some(facts) = FACTS.get_ptr_mut(task) {
+        // SAFETY: pointer from a successful lookup of a value userspace created.
+        unsafe {
+            (*facts).oom_kills = (*facts).oom_kills.wrapping_add(1);
+            (*facts).last_oom = fact;
+            if (*facts).main_pid == victim_tgid {
+                (*facts).main_oom = fact;
+            }
+        }
+    }
     let Some(mut entry) = EVENTS.reserve::<OomVictimRecord>(0) else {
         count_lost();
         return 0;
@@ -258,18 +438,19 @@ pub fn mark_victim(ctx: TracePointContext) -> u32 {
     let rec = entry.as_mut_ptr();
     // SAFETY: see `sched_process_exec`.
     unsafe {
-        (*rec).header = header(kind::OOM_VICTIM);
-        (*rec).victim_pid = read_int(&ctx, layout.pid) as u32;
-        (*rec).uid = read_int(&ctx, layout.uid) as u32;
-        (*rec).total_vm_kb = read_int(&ctx, layout.total_vm) as u64;
-        (*rec).anon_rss_kb = read_int(&ctx, layout.anon_rss) as u64;
-        (*rec).file_rss_kb = read_int(&ctx, layout.file_rss) as u64;
-        (*rec).shmem_rss_kb = read_int(&ctx, layout.shmem_rss) as u64;
+        (*rec).header = header(kind::OOM_VICTIM, now, tgid, tid);
+        (*rec).victim_pid = victim;
+        (*rec).uid = fact.uid;
+        (*rec).total_vm_kb = fact.total_vm_kb;
+        (*rec).anon_rss_kb = fact.anon_rss_kb;
+        (*rec).file_rss_kb = fact.file_rss_kb;
+        (*rec).shmem_rss_kb = fact.shmem_rss_kb;
         (*rec).pgtables_kb = read_int(&ctx, layout.pgtables) as u64;
-        (*rec).oom_score_adj = read_int(&ctx, layout.oom_score_adj) as i16;
-        (*rec).pad = [0; 6];
-        (*rec).comm = [0; COMM_LEN];
-        read_str(&ctx, layout.comm, &mut (*rec).comm);
+        (*rec).oom_score_adj = fact.oom_score_adj;
+        (*rec).pad = [0; 2];
+        (*rec).victim_tgid = victim_tgid;
+        (*rec).task = task;
+        (*rec).comm = fact.comm;
     }
     entry.submit(0);
     0

@@ -1,5 +1,6 @@
 //! Decodes the raw `bpfexec-common` records from the `EVENTS` ring buffer into owned
 //! [`ProcessEvent`]s. Every length is checked; string lengths reported by the probe are clamped.
+//! Every event carries the task key the probes attributed it to (PID lineage, see `common`).
 
 use std::{ffi::OsStr, os::unix::ffi::OsStrExt as _, path::PathBuf};
 
@@ -8,14 +9,16 @@ use bpfexec_common::{
     kind,
 };
 
-/// A process-lifecycle event observed by the probes. `pid` is a thread-group id (what userspace
-/// calls a PID), `tid` a thread id. `ktime_ns` is `CLOCK_MONOTONIC` in nanoseconds.
+/// A process-lifecycle event observed by the probes for a tracked process. `pid` is a thread-group
+/// id (what userspace calls a PID), `tid` a thread id. `ktime_ns` is `CLOCK_MONOTONIC` in
+/// nanoseconds. `task` is the task key (never 0 except for an untracked signal target).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProcessEvent {
     /// `sched_process_exec`: `pid` now runs `filename`.
     Exec {
         ktime_ns: u64,
         cpu: u32,
+        task: u64,
         pid: u32,
         tid: u32,
         /// Differs from `pid` when a non-leader thread called exec.
@@ -25,37 +28,48 @@ pub enum ProcessEvent {
         /// Command name after exec.
         comm: String,
     },
-    /// `sched_process_exit`: thread `tid` of process `pid` is exiting.
+    /// `sched_process_exit`: the process `pid` is gone (its last thread `tid` exited).
     Exit {
         ktime_ns: u64,
         cpu: u32,
+        task: u64,
         pid: u32,
         tid: u32,
-        /// `Some(true)` when this is the last thread, i.e. the process is gone; `None` when the
-        /// kernel's tracepoint does not say.
+        /// `Some(true)` when the tracepoint said so; `None` when the kernel's tracepoint has no
+        /// `group_dead` (then the leader's exit stands for the process's).
         group_dead: Option<bool>,
         comm: String,
     },
-    /// `sched_process_fork`: thread `parent_tid` of `parent_pid` created task `child_pid`
-    /// (a new process, or a new thread of `parent_pid` when created with `CLONE_THREAD`).
+    /// `task_newtask`: thread `parent_tid` of `parent_pid` created the new process `child_pid`
+    /// (threads are not reported).
     Fork {
         ktime_ns: u64,
         cpu: u32,
+        task: u64,
         parent_pid: u32,
         parent_tid: u32,
         child_pid: u32,
+        clone_flags: u64,
         parent_comm: String,
         child_comm: String,
     },
-    /// `signal_generate`: `sender_pid` generated signal `sig` for task `target_pid`.
+    /// `signal_generate`: `sender_pid` generated signal `sig` for thread `target_pid` (of process
+    /// `target_tgid`); the sender, the target, or both are tracked.
     Signal {
         ktime_ns: u64,
         cpu: u32,
         sender_pid: u32,
         sender_tid: u32,
+        sender_uid: u32,
         sender_comm: String,
+        /// Task key of the sender (0: not a task process).
+        sender_task: u64,
         target_pid: u32,
+        /// Process of the target thread (0 when the target is not tracked).
+        target_tgid: u32,
         target_comm: String,
+        /// Task key of the target (0: not a task process).
+        target_task: u64,
         sig: i32,
         errno: i32,
         code: i32,
@@ -64,11 +78,13 @@ pub enum ProcessEvent {
         /// Kernel `TRACE_SIGNAL_*` result: 0 delivered, 1 ignored, 2 already pending, …
         result: i32,
     },
-    /// `oom/mark_victim`: the OOM killer chose `pid`. Sizes are in KiB.
+    /// `oom/mark_victim`: the OOM killer chose process `pid` (thread `tid`). Sizes are in KiB.
     OomVictim {
         ktime_ns: u64,
         cpu: u32,
+        task: u64,
         pid: u32,
+        tid: u32,
         comm: String,
         uid: u32,
         total_vm_kb: u64,
@@ -77,6 +93,8 @@ pub enum ProcessEvent {
         shmem_rss_kb: u64,
         pgtables_kb: u64,
         oom_score_adj: i16,
+        /// The process that was allocating when the OOM killer ran.
+        trigger_pid: u32,
     },
 }
 
@@ -111,6 +129,7 @@ impl ProcessEvent {
                 Self::Exec {
                     ktime_ns,
                     cpu,
+                    task: r.task,
                     pid: r.pid,
                     tid,
                     old_pid: r.old_pid,
@@ -123,6 +142,7 @@ impl ProcessEvent {
                 Self::Exit {
                     ktime_ns,
                     cpu,
+                    task: r.task,
                     pid,
                     tid: r.pid,
                     group_dead: match r.group_dead {
@@ -137,9 +157,11 @@ impl ProcessEvent {
                 Self::Fork {
                     ktime_ns,
                     cpu,
+                    task: r.task,
                     parent_pid: pid,
-                    parent_tid: r.parent_pid,
+                    parent_tid: tid,
                     child_pid: r.child_pid,
+                    clone_flags: r.clone_flags,
                     parent_comm: c_string(&r.parent_comm),
                     child_comm: c_string(&r.child_comm),
                 }
@@ -151,9 +173,13 @@ impl ProcessEvent {
                     cpu,
                     sender_pid: pid,
                     sender_tid: tid,
+                    sender_uid: r.sender_uid,
                     sender_comm: c_string(&r.sender_comm),
+                    sender_task: r.sender_task,
                     target_pid: r.target_pid,
+                    target_tgid: r.target_tgid,
                     target_comm: c_string(&r.target_comm),
+                    target_task: r.target_task,
                     sig: r.sig,
                     errno: r.errno,
                     code: r.code,
@@ -166,7 +192,9 @@ impl ProcessEvent {
                 Self::OomVictim {
                     ktime_ns,
                     cpu,
-                    pid: r.victim_pid,
+                    task: r.task,
+                    pid: r.victim_tgid,
+                    tid: r.victim_pid,
                     comm: c_string(&r.comm),
                     uid: r.uid,
                     total_vm_kb: r.total_vm_kb,
@@ -175,6 +203,7 @@ impl ProcessEvent {
                     shmem_rss_kb: r.shmem_rss_kb,
                     pgtables_kb: r.pgtables_kb,
                     oom_score_adj: r.oom_score_adj,
+                    trigger_pid: pid,
                 }
             }
             other => return Err(DecodeError::UnknownKind(other)),
@@ -216,7 +245,8 @@ fn until_nul(bytes: &[u8]) -> &[u8] {
         .map_or(bytes, |end| &bytes[..end])
 }
 
-fn c_string(bytes: &[u8]) -> String {
+/// A NUL-padded kernel string (`comm`) as UTF-8, lossily.
+pub(crate) fn c_string(bytes: &[u8]) -> String {
     String::from_utf8_lossy(until_nul(bytes)).into_owned()
 }
 
@@ -258,6 +288,7 @@ mod tests {
             old_pid: 100,
             filename_len: len,
             pad: 0,
+            task: 7,
             comm: comm("true"),
             filename: [0xAA; FILENAME_LEN],
         };
@@ -273,6 +304,7 @@ mod tests {
         let ProcessEvent::Exec {
             pid,
             tid,
+            task,
             filename,
             comm,
             ktime_ns,
@@ -281,7 +313,7 @@ mod tests {
         else {
             panic!("not exec: {ev:?}");
         };
-        assert_eq!((pid, tid, ktime_ns), (100, 101, 42));
+        assert_eq!((pid, tid, task, ktime_ns), (100, 101, 7, 42));
         assert_eq!(filename, Path::new("/usr/bin/true"));
         assert_eq!(comm, "true");
     }
@@ -306,12 +338,17 @@ mod tests {
     }
 
     #[test]
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one record of each kind, side by side"
+    )]
     fn decodes_exit_fork_signal_oom() {
         let exit = ExitRecord {
             header: header(kind::EXIT),
             pid: 101,
             group_dead: 1,
             pad: [0; 3],
+            task: 7,
             comm: comm("sh"),
         };
         assert_eq!(
@@ -319,6 +356,7 @@ mod tests {
             ProcessEvent::Exit {
                 ktime_ns: 42,
                 cpu: 1,
+                task: 7,
                 pid: 100,
                 tid: 101,
                 group_dead: Some(true),
@@ -339,8 +377,10 @@ mod tests {
 
         let fork = ForkRecord {
             header: header(kind::FORK),
-            parent_pid: 101,
             child_pid: 200,
+            pad: 0,
+            clone_flags: 0x11,
+            task: 7,
             parent_comm: comm("sh"),
             child_comm: comm("sh"),
         };
@@ -350,6 +390,8 @@ mod tests {
                 parent_pid: 100,
                 parent_tid: 101,
                 child_pid: 200,
+                clone_flags: 0x11,
+                task: 7,
                 ..
             }
         ));
@@ -362,6 +404,10 @@ mod tests {
             target_pid: 300,
             group: 1,
             result: 0,
+            target_tgid: 300,
+            sender_uid: 1000,
+            target_task: 7,
+            sender_task: 0,
             target_comm: comm("victim"),
             sender_comm: comm("killer"),
         };
@@ -371,6 +417,9 @@ mod tests {
             ProcessEvent::Signal {
                 sig: 9,
                 target_pid: 300,
+                target_task: 7,
+                sender_task: 0,
+                sender_uid: 1000,
                 group: true,
                 sender_pid: 100,
                 ..
@@ -380,7 +429,7 @@ mod tests {
 
         let oom = OomVictimRecord {
             header: header(kind::OOM_VICTIM),
-            victim_pid: 300,
+            victim_pid: 301,
             uid: 0,
             total_vm_kb: 1,
             anon_rss_kb: 2,
@@ -388,15 +437,20 @@ mod tests {
             shmem_rss_kb: 4,
             pgtables_kb: 5,
             oom_score_adj: -1000,
-            pad: [0; 6],
+            pad: [0; 2],
+            victim_tgid: 300,
+            task: 7,
             comm: comm("hog"),
         };
         assert!(matches!(
             ProcessEvent::decode(&bytes_of(&oom)).unwrap(),
             ProcessEvent::OomVictim {
                 pid: 300,
+                tid: 301,
+                task: 7,
                 anon_rss_kb: 2,
                 oom_score_adj: -1000,
+                trigger_pid: 100,
                 ..
             }
         ));
@@ -415,26 +469,26 @@ mod tests {
         let raw = bytes_of(&exec_record(b"/x\0", 2));
         assert!(matches!(
             ProcessEvent::decode(&raw[..100]),
-            Err(DecodeError::TooShort {
-                kind: "exec",
-                len: 100,
-                ..
-            })
+            Err(DecodeError::TooShort { kind: "exec", .. })
         ));
-        let bogus = bytes_of(&header(77));
+        let mut bad = raw;
+        bad[0] = 99;
         assert_eq!(
-            ProcessEvent::decode(&bogus),
-            Err(DecodeError::UnknownKind(77))
+            ProcessEvent::decode(&bad),
+            Err(DecodeError::UnknownKind(99))
         );
-        // Non-UTF-8 comm is decoded lossily, never rejected.
-        let mut exit = ExitRecord {
+    }
+
+    #[test]
+    fn invalid_utf8_comm_is_replaced() {
+        let exit = ExitRecord {
             header: header(kind::EXIT),
             pid: 1,
             group_dead: 0,
             pad: [0; 3],
-            comm: [0xff; COMM_LEN],
+            task: 1,
+            comm: [0xff, 0xfe, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
         };
-        exit.comm[2] = 0;
         assert!(matches!(
             ProcessEvent::decode(&bytes_of(&exit)).unwrap(),
             ProcessEvent::Exit { comm, .. } if comm == "\u{fffd}\u{fffd}"

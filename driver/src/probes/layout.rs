@@ -2,7 +2,7 @@
 //! (field offsets, sizes, `__data_loc` flags), validating that each field has a shape the probe
 //! can read: integers of 1/2/4/8 bytes, strings as `char[N]` or `__data_loc`/`__rel_loc char[]`.
 
-use bpfexec_common::{ExecLayout, ExitLayout, FieldLoc, ForkLayout, OomLayout, SignalLayout};
+use bpfexec_common::{ExecLayout, ExitLayout, FieldLoc, NewTaskLayout, OomLayout, SignalLayout};
 
 use super::tracefs::{FieldStorage, TracepointFormat};
 
@@ -95,13 +95,12 @@ pub fn exit(fmt: &TracepointFormat) -> Result<ExitLayout, LayoutError> {
     })
 }
 
-pub fn fork(fmt: &TracepointFormat) -> Result<ForkLayout, LayoutError> {
+pub fn newtask(fmt: &TracepointFormat) -> Result<NewTaskLayout, LayoutError> {
     let f = Fields { fmt };
-    Ok(ForkLayout {
-        parent_comm: f.string("parent_comm")?,
-        parent_pid: f.int("parent_pid")?,
-        child_comm: f.string("child_comm")?,
-        child_pid: f.int("child_pid")?,
+    Ok(NewTaskLayout {
+        pid: f.int("pid")?,
+        comm: f.string("comm")?,
+        clone_flags: f.int("clone_flags")?,
     })
 }
 
@@ -181,28 +180,29 @@ mod tests {
         assert_eq!(l.old_pid.offset, 16);
     }
 
-    /// Older kernels: `char parent_comm[16]` instead of `__data_loc`, and no `group_dead`.
+    /// `task_newtask` as on Linux 6.18, and an exit tracepoint without `group_dead` (older kernels).
     #[test]
-    fn fork_fixed_comm_and_exit_without_group_dead() {
+    fn newtask_6_18_and_exit_without_group_dead() {
         let f = fmt(
-            "sched_process_fork",
+            "task_newtask",
             &[
-                "field:char parent_comm[16];\toffset:8;\tsize:16;\tsigned:0;",
-                "field:pid_t parent_pid;\toffset:24;\tsize:4;\tsigned:1;",
-                "field:char child_comm[16];\toffset:28;\tsize:16;\tsigned:0;",
-                "field:pid_t child_pid;\toffset:44;\tsize:4;\tsigned:1;",
+                "field:pid_t pid;\toffset:8;\tsize:4;\tsigned:1;",
+                "field:char comm[16];\toffset:12;\tsize:16;\tsigned:0;",
+                "field:u64 clone_flags;\toffset:32;\tsize:8;\tsigned:0;",
+                "field:short oom_score_adj;\toffset:40;\tsize:2;\tsigned:1;",
             ],
         );
-        let l = fork(&f).unwrap();
+        let l = newtask(&f).unwrap();
         assert_eq!(
-            l.child_comm,
+            l.comm,
             FieldLoc {
-                offset: 28,
+                offset: 12,
                 size: 16,
                 flags: FieldLoc::PRESENT
             }
         );
-        assert_eq!(l.child_pid.offset, 44);
+        assert_eq!((l.clone_flags.offset, l.clone_flags.size), (32, 8));
+        assert_eq!(l.pid.flags, FieldLoc::PRESENT | FieldLoc::SIGNED);
 
         let e = fmt(
             "sched_process_exit",

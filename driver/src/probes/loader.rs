@@ -1,9 +1,12 @@
-//! Loads the embedded probe object, hands it the tracepoint layouts read from tracefs, attaches
-//! the classic tracepoints and pumps the `EVENTS` ring buffer into a tokio broadcast channel.
+//! Loads the embedded probe object, hands it the tracepoint layouts read from tracefs, reuses or
+//! creates the pinned state maps, attaches (or keeps the pinned attachments of) the classic
+//! tracepoints, and pumps the `EVENTS` ring buffer into a tokio broadcast channel.
 //!
-//! Kernel contract: tracepoints `sched/sched_process_{exec,exit,fork}` are required;
-//! `signal/signal_generate` and `oom/mark_victim` are attached when the kernel has them. Map and
-//! program memory is charged to the memory cgroup (Linux >= 5.11), so `RLIMIT_MEMLOCK` is not raised.
+//! Kernel contract: tracepoints `sched/sched_process_{exec,exit}` and `task/task_newtask` are
+//! required; `signal/signal_generate` and `oom/mark_victim` are attached when the kernel has them.
+//! Map and program memory is charged to the memory cgroup (Linux >= 5.11), so `RLIMIT_MEMLOCK` is
+//! not raised. With pinning, links are `BPF_LINK_CREATE` perf-event links pinned under bpffs: they
+//! stay attached after the driver exits, and the next driver reads the same ring buffer.
 
 use std::{
     path::{Path, PathBuf},
@@ -15,71 +18,87 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    maps::{MapData, RingBuf},
 };
 use bpfexec_common::{
-    GLOBAL_EXEC_LAYOUT, GLOBAL_EXIT_LAYOUT, GLOBAL_FORK_LAYOUT, GLOBAL_OOM_LAYOUT,
-    GLOBAL_SIGNAL_LAYOUT, MAP_EVENTS, MAP_LOST, OomLayout, SignalLayout,
+    GLOBAL_EXEC_LAYOUT, GLOBAL_EXIT_LAYOUT, GLOBAL_NEWTASK_LAYOUT, GLOBAL_OOM_LAYOUT,
+    GLOBAL_SIGNAL_LAYOUT, MAP_EVENTS, MAP_FACTS, MAP_LOST, MAP_THREADS, MAP_TRACKED,
 };
 use tokio::{
     io::{Interest, unix::AsyncFd},
     runtime::Handle,
-    sync::broadcast,
+    sync::{Notify, broadcast},
     task::JoinHandle,
 };
 
-use super::{ProbeError, events::ProcessEvent, layout, tracefs};
+use super::{
+    ProbeError,
+    attach::{Layouts, attach_all},
+    events::ProcessEvent,
+    kernel::KernelMaps,
+    pin::{self, Pins},
+    tracefs,
+};
 
 /// How many decoded events a subscriber may fall behind before it sees `RecvError::Lagged`.
 pub const EVENT_CHANNEL_CAPACITY: usize = 16_384;
+
+/// Maps pinned under `<pin root>/v<N>/maps/`.
+const PINNED_MAPS: [&str; 5] = [MAP_EVENTS, MAP_LOST, MAP_TRACKED, MAP_THREADS, MAP_FACTS];
 
 /// The probe object built by `build.rs` (empty when built with `AYA_BUILD_SKIP=1`).
 fn embedded_object() -> &'static [u8] {
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bpfexec-ebpf"))
 }
 
-/// One tracepoint we attach; the probe program is named after the tracepoint.
-struct Tracepoint {
-    category: &'static str,
-    name: &'static str,
-    full: &'static str,
-    required: bool,
+/// How the probes are loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeOptions {
+    /// Pin state and links under this bpffs directory; `None` keeps everything in this process.
+    pub pin_root: Option<PathBuf>,
 }
 
-const EXEC: Tracepoint = tp(
-    "sched",
-    "sched_process_exec",
-    "sched/sched_process_exec",
-    true,
-);
-const EXIT: Tracepoint = tp(
-    "sched",
-    "sched_process_exit",
-    "sched/sched_process_exit",
-    true,
-);
-const FORK: Tracepoint = tp(
-    "sched",
-    "sched_process_fork",
-    "sched/sched_process_fork",
-    true,
-);
-const SIGNAL: Tracepoint = tp("signal", "signal_generate", "signal/signal_generate", false);
-const OOM: Tracepoint = tp("oom", "mark_victim", "oom/mark_victim", false);
-
-const fn tp(
-    category: &'static str,
-    name: &'static str,
-    full: &'static str,
-    required: bool,
-) -> Tracepoint {
-    Tracepoint {
-        category,
-        name,
-        full,
-        required,
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        Self {
+            pin_root: Some(PathBuf::from(pin::DEFAULT_PIN_ROOT)),
+        }
     }
+}
+
+impl ProbeOptions {
+    /// Nothing pinned: state and attachments end with this process.
+    #[must_use]
+    pub fn unpinned() -> Self {
+        Self { pin_root: None }
+    }
+
+    /// Pinned under `root` (which must be on bpffs, or below `/sys/fs/bpf`).
+    #[must_use]
+    pub fn pinned_at(root: impl Into<PathBuf>) -> Self {
+        Self {
+            pin_root: Some(root.into()),
+        }
+    }
+}
+
+/// What survives this driver process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pinning {
+    /// Nothing: the state maps and attachments end with the process.
+    Off { reason: String },
+    On {
+        /// `<root>/v<N>`.
+        dir: PathBuf,
+        /// The state maps existed already (a previous driver's tracking continues).
+        maps_reused: bool,
+        /// Tracepoints whose pinned attachment from a previous driver was kept.
+        links_reused: Vec<&'static str>,
+        /// Tracepoints attached by this process and pinned.
+        links_pinned: Vec<&'static str>,
+        /// Tracepoints attached by this process whose link could not be pinned.
+        links_unpinned: Vec<&'static str>,
+    },
 }
 
 #[derive(Default)]
@@ -88,56 +107,73 @@ struct Counters {
     malformed: AtomicU64,
 }
 
-/// The loaded and attached probes. Dropping it stops the reader task and detaches the probes.
+/// The loaded and attached probes. Dropping it stops the reader task; unpinned attachments are
+/// detached, pinned ones stay (see [`Pinning`]).
 pub struct ProbeSet {
-    // Owns the programs and their links: dropping it detaches the tracepoints.
+    // Owns the programs and unpinned links: dropping it detaches those tracepoints.
     _ebpf: Ebpf,
-    lost: PerCpuArray<MapData, u64>,
+    maps: KernelMaps,
     attached: Vec<&'static str>,
+    pinning: Pinning,
+    // Holds the pin directory lock while the probes live.
+    _pins: Option<Pins>,
     events: broadcast::Sender<ProcessEvent>,
+    subscribed: Arc<Notify>,
     counters: Arc<Counters>,
     reader: JoinHandle<()>,
     tracefs: PathBuf,
 }
 
 impl ProbeSet {
-    /// Mounts tracefs if needed, reads the tracepoint formats, loads the probes with those
-    /// layouts, attaches them and starts the ring-buffer reader on the current tokio runtime.
+    /// [`ProbeSet::load_with`] with the default options (pinned under `/sys/fs/bpf/bpfexec`).
     pub fn load() -> Result<Self, ProbeError> {
+        Self::load_with(&ProbeOptions::default())
+    }
+
+    /// Mounts tracefs (and bpffs) if needed, reads the tracepoint formats, loads the probes with
+    /// those layouts and the pinned maps, attaches them and starts the ring-buffer reader on the
+    /// current tokio runtime. Records are read once the first subscriber exists.
+    pub fn load_with(options: &ProbeOptions) -> Result<Self, ProbeError> {
         let runtime = Handle::try_current().map_err(|_| ProbeError::NoRuntime)?;
         let object = embedded_object();
         if object.is_empty() {
             return Err(ProbeError::NotBuilt);
         }
         let tracefs = tracefs::ensure_mounted()?;
-        let format = |t: &Tracepoint| tracefs::read_format(&tracefs, t.category, t.name);
+        let layouts = Layouts::read(&tracefs)?;
+        let (pins, off_reason) = match &options.pin_root {
+            None => (None, "pinning disabled by the driver's options".to_owned()),
+            Some(root) => match Pins::prepare(root, pin::object_hash(object)) {
+                Ok(p) => (Some(p), String::new()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "probe state will not survive a driver restart");
+                    (None, e.to_string())
+                }
+            },
+        };
+        let maps_reused = pins
+            .as_ref()
+            .is_some_and(|p| PINNED_MAPS.iter().all(|m| p.map(m).exists()));
+        let map_paths: Vec<(&str, PathBuf)> = pins
+            .as_ref()
+            .map(|p| PINNED_MAPS.iter().map(|m| (*m, p.map(m))).collect())
+            .unwrap_or_default();
 
-        let exec = layout::exec(&format(&EXEC)?)?;
-        let exit = layout::exit(&format(&EXIT)?)?;
-        let fork = layout::fork(&format(&FORK)?)?;
-        let signal = optional(
-            &SIGNAL,
-            format(&SIGNAL)
-                .map_err(ProbeError::from)
-                .and_then(|f| Ok(layout::signal(&f)?)),
-        );
-        let oom = optional(
-            &OOM,
-            format(&OOM)
-                .map_err(ProbeError::from)
-                .and_then(|f| Ok(layout::oom(&f)?)),
-        );
         let (signal_layout, oom_layout) = (
-            signal.unwrap_or_else(SignalLayout::default),
-            oom.unwrap_or_else(OomLayout::default),
+            layouts.signal.unwrap_or_default(),
+            layouts.oom.unwrap_or_default(),
         );
-
-        let mut ebpf = EbpfLoader::new()
-            .override_global(GLOBAL_EXEC_LAYOUT, &exec, true)
-            .override_global(GLOBAL_EXIT_LAYOUT, &exit, true)
-            .override_global(GLOBAL_FORK_LAYOUT, &fork, true)
+        let mut loader = EbpfLoader::new();
+        loader
+            .override_global(GLOBAL_EXEC_LAYOUT, &layouts.exec, true)
+            .override_global(GLOBAL_EXIT_LAYOUT, &layouts.exit, true)
+            .override_global(GLOBAL_NEWTASK_LAYOUT, &layouts.newtask, true)
             .override_global(GLOBAL_SIGNAL_LAYOUT, &signal_layout, true)
-            .override_global(GLOBAL_OOM_LAYOUT, &oom_layout, true)
+            .override_global(GLOBAL_OOM_LAYOUT, &oom_layout, true);
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
             .load(object)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
 
@@ -145,30 +181,10 @@ impl ProbeSet {
             .take_map(MAP_EVENTS)
             .ok_or(ProbeError::MissingMap(MAP_EVENTS))?;
         let ring = RingBuf::try_from(ring).map_err(|e| ProbeError::map(MAP_EVENTS, e))?;
-        let lost = ebpf
-            .take_map(MAP_LOST)
-            .ok_or(ProbeError::MissingMap(MAP_LOST))?;
-        let lost = PerCpuArray::try_from(lost).map_err(|e| ProbeError::map(MAP_LOST, e))?;
+        let maps = KernelMaps::take(&mut ebpf)?;
 
-        let mut attached = Vec::new();
-        for (t, wanted) in [
-            (&EXEC, true),
-            (&EXIT, true),
-            (&FORK, true),
-            (&SIGNAL, signal.is_some()),
-            (&OOM, oom.is_some()),
-        ] {
-            if !wanted {
-                continue;
-            }
-            match attach(&mut ebpf, t) {
-                Ok(()) => attached.push(t.full),
-                Err(e) if !t.required => {
-                    tracing::warn!(tracepoint = t.full, error = %e, "optional probe not attached");
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        let (attached, pinning) = attach_all(&mut ebpf, &layouts, pins.as_ref(), maps_reused)?;
+        let pinning = pinning.unwrap_or(Pinning::Off { reason: off_reason });
 
         // SAFETY: the RingBuf owns its map's file descriptor (closed only when the RingBuf is
         // dropped, which the AsyncFd controls) and `as_raw_fd` always returns that same fd.
@@ -176,23 +192,35 @@ impl ProbeSet {
             .map_err(|e| ProbeError::Reactor(e.into()))?;
         let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
         let counters = Arc::new(Counters::default());
-        let reader = runtime.spawn(pump(ring, events.clone(), Arc::clone(&counters)));
-        tracing::info!(?attached, tracefs = %tracefs.display(), "eBPF probes attached");
+        let subscribed = Arc::new(Notify::new());
+        let reader = runtime.spawn(pump(
+            ring,
+            events.clone(),
+            Arc::clone(&counters),
+            Arc::clone(&subscribed),
+        ));
+        tracing::info!(?attached, ?pinning, tracefs = %tracefs.display(), "eBPF probes attached");
         Ok(Self {
             _ebpf: ebpf,
-            lost,
+            maps,
             attached,
+            pinning,
+            _pins: pins,
             events,
+            subscribed,
             counters,
             reader,
             tracefs,
         })
     }
 
-    /// A receiver of every event decoded from now on.
+    /// A receiver of every event decoded from now on. The first call starts reading the ring
+    /// buffer, so records left by a previous driver reach the first subscriber.
     #[must_use]
     pub fn subscribe(&self) -> broadcast::Receiver<ProcessEvent> {
-        self.events.subscribe()
+        let rx = self.events.subscribe();
+        self.subscribed.notify_one();
+        rx
     }
 
     /// The attached tracepoints, e.g. `"sched/sched_process_exec"`.
@@ -201,13 +229,21 @@ impl ProbeSet {
         &self.attached
     }
 
+    /// What of the probe state survives this process.
+    #[must_use]
+    pub fn pinning(&self) -> &Pinning {
+        &self.pinning
+    }
+
+    /// The state maps (`TRACKED`, `THREADS`, `FACTS`, `LOST`).
+    #[must_use]
+    pub fn kernel(&self) -> &KernelMaps {
+        &self.maps
+    }
+
     /// Records the probes dropped because the ring buffer was full (summed over CPUs).
     pub fn lost_events(&self) -> Result<u64, ProbeError> {
-        let per_cpu = self
-            .lost
-            .get(&0, 0)
-            .map_err(|e| ProbeError::map(MAP_LOST, e))?;
-        Ok(per_cpu.iter().copied().sum())
+        self.maps.lost_events()
     }
 
     /// Records read from the ring buffer (including malformed ones).
@@ -239,39 +275,22 @@ impl std::fmt::Debug for ProbeSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProbeSet")
             .field("attached", &self.attached)
+            .field("pinning", &self.pinning)
             .field("events_received", &self.events_received())
             .field("tracefs", &self.tracefs)
             .finish_non_exhaustive()
     }
 }
 
-fn optional<T>(t: &Tracepoint, result: Result<T, ProbeError>) -> Option<T> {
-    result
-        .inspect_err(
-            |e| tracing::warn!(tracepoint = t.full, error = %e, "optional tracepoint unavailable"),
-        )
-        .ok()
-}
-
-fn attach(ebpf: &mut Ebpf, t: &Tracepoint) -> Result<(), ProbeError> {
-    let program: &mut TracePoint = ebpf
-        .program_mut(t.name)
-        .ok_or(ProbeError::MissingProgram(t.name))?
-        .try_into()
-        .map_err(|e| ProbeError::program(t.full, e))?;
-    program.load().map_err(|e| ProbeError::program(t.full, e))?;
-    program
-        .attach(t.category, t.name)
-        .map_err(|e| ProbeError::program(t.full, e))?;
-    Ok(())
-}
-
 /// Drains the ring buffer whenever the kernel signals new records, decoding and broadcasting them.
+/// Starts once someone subscribed, so a backlog left in a pinned ring buffer is not thrown away.
 async fn pump(
     mut ring: AsyncFd<RingBuf<MapData>>,
     events: broadcast::Sender<ProcessEvent>,
     counters: Arc<Counters>,
+    subscribed: Arc<Notify>,
 ) {
+    subscribed.notified().await;
     loop {
         let mut guard = match ring.readable_mut().await {
             Ok(guard) => guard,

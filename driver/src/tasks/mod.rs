@@ -4,6 +4,7 @@
 
 pub mod exec;
 pub mod launch;
+pub mod observe;
 pub mod state;
 mod stop;
 mod watch;
@@ -115,12 +116,20 @@ pub struct StartContext {
     pub cgroup_root: PathBuf,
 }
 
-#[derive(Default)]
 pub struct TaskManager {
     tasks: Mutex<HashMap<String, Arc<Task>>>,
+    /// The eBPF observer, once the probes are loaded, and the task-event bus.
+    pub observation: Arc<observe::Observation>,
 }
 
 impl TaskManager {
+    pub fn new(events: tokio::sync::broadcast::Sender<drivers::DriverTaskEvent>) -> Self {
+        Self {
+            tasks: Mutex::new(HashMap::new()),
+            observation: Arc::new(observe::Observation::new(events)),
+        }
+    }
+
     fn table(&self) -> MutexGuard<'_, HashMap<String, Arc<Task>>> {
         self.tasks
             .lock()
@@ -212,6 +221,7 @@ impl TaskManager {
         if let Ok(supervisor) = PidFd::open(state.supervisor_pid, Some(state.supervisor_start_time))
         {
             let main = PidFd::open(state.pid, Some(state.start_time)).ok();
+            self.observation.track(&cfg, &state);
             self.insert(cfg, state.clone(), supervisor, main);
         } else {
             // A task that ended at once: its exit record is already there.
@@ -221,7 +231,8 @@ impl TaskManager {
                 .unwrap_or_else(|| {
                     Outcome::lost("the task's supervisor vanished right after start".into())
                 });
-            self.insert_exited(cfg, state.clone(), watch::with_oom(outcome, &state));
+            let outcome = self.observation.explain_now(&cfg, &state, outcome);
+            self.insert_exited(cfg, state.clone(), outcome);
         }
         tracing::info!(task_id = %state.task_id, pid = state.pid, supervisor = state.supervisor_pid, "task started");
         Ok(state)
@@ -235,7 +246,13 @@ impl TaskManager {
         main: Option<PidFd>,
     ) {
         let (tx, rx) = tokio_watch::channel(None);
-        watch::spawn(supervisor, state.clone(), tx);
+        watch::spawn(
+            supervisor,
+            config.clone(),
+            state.clone(),
+            Arc::clone(&self.observation),
+            tx,
+        );
         let task = Arc::new(Task {
             config,
             state,
@@ -280,12 +297,14 @@ impl TaskManager {
             Ok(supervisor) => {
                 let main = PidFd::open(state.pid, Some(state.start_time)).ok();
                 tracing::info!(task_id = %id, pid = state.pid, "recovered running task");
+                self.observation.recover(&config, &state);
                 self.insert(config, state, supervisor, main);
                 Ok(())
             }
             Err(_) => match watch::read_outcome(&state.dir).map_err(recover_err)? {
                 Some(outcome) => {
-                    let outcome = watch::with_oom(outcome, &state);
+                    self.observation.recover(&config, &state);
+                    let outcome = self.observation.explain_now(&config, &state, outcome);
                     tracing::info!(task_id = %id, exit_code = outcome.exit_code, "recovered task that exited while the plugin was away");
                     self.insert_exited(config, state, outcome);
                     Ok(())
@@ -337,6 +356,7 @@ impl TaskManager {
             }
         }
         self.table().remove(id);
+        self.observation.forget(id);
         if let Err(e) = std::fs::remove_dir_all(&task.state.dir)
             && e.kind() != std::io::ErrorKind::NotFound
         {

@@ -1,12 +1,17 @@
 //! Waiting for a supervisor to exit (through its pidfd, so it works for supervisors started by an
-//! earlier plugin process too) and turning its exit record into the task's outcome.
+//! earlier plugin process too) and turning its exit record into the task's outcome, explained by
+//! the observer.
 
 use std::path::Path;
+use std::sync::Arc;
+
+use bpfexec_proto::drivers;
 
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
+use super::observe::Observation;
 use super::state::{DriverState, Outcome};
 use crate::procfs::PidFd;
 use crate::supervisor::record::{self, EXIT_FILE, ExitRecord};
@@ -35,7 +40,13 @@ pub fn with_oom(mut outcome: Outcome, state: &DriverState) -> Outcome {
 }
 
 /// Resolves the task's outcome once the supervisor behind `pidfd` has exited.
-pub fn spawn(pidfd: PidFd, state: DriverState, tx: watch::Sender<Option<Outcome>>) {
+pub fn spawn(
+    pidfd: PidFd,
+    config: drivers::TaskConfig,
+    state: DriverState,
+    observation: Arc<Observation>,
+    tx: watch::Sender<Option<Outcome>>,
+) {
     tokio::spawn(async move {
         let pid = pidfd.pid();
         let dir = state.dir.clone();
@@ -48,7 +59,7 @@ pub fn spawn(pidfd: PidFd, state: DriverState, tx: watch::Sender<Option<Outcome>
             )),
             Err(e) => Outcome::lost(e),
         };
-        let outcome = with_oom(outcome, &state);
+        let outcome = observation.explain(&config, &state, outcome).await;
         tracing::info!(
             pid,
             exit_code = outcome.exit_code,

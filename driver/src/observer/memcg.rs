@@ -1,0 +1,368 @@
+//! OOM scope: was an OOM kill caused by a memory cgroup limit or by the whole host running out?
+//! `oom/mark_victim` does not say, so the observer reads the victim's memory cgroup counters:
+//! cgroup v2 `memory.events` `oom` (incremented only when that cgroup hit its `memory.max`), and on
+//! cgroup v1 `memory.failcnt` (charges refused at `memory.limit_in_bytes`) of a cgroup that has a
+//! limit. A counter that moved since the last reading (taken at tracking time and refreshed
+//! periodically) marks that cgroup as the constraint; no moved counter means a system-wide OOM.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where the OOM pressure came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "scope", rename_all = "snake_case")]
+pub enum OomScope {
+    /// A memory cgroup reached its limit; `cgroup` is its path inside the hierarchy.
+    Cgroup { cgroup: String },
+    /// The host ran out of memory.
+    System,
+    /// The task's memory cgroup could not be read.
+    Unknown,
+}
+
+/// v1 "unlimited" is `PAGE_COUNTER_MAX` rounded to pages; anything this large means no limit.
+const UNLIMITED: u64 = 1 << 62;
+
+/// Counters of one memory cgroup.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemcgCounters {
+    /// The cgroup has a memory limit.
+    pub limited: bool,
+    /// v1 `memory.failcnt`.
+    pub failcnt: Option<u64>,
+    /// v2 `memory.events` `oom`.
+    pub oom_events: Option<u64>,
+}
+
+impl MemcgCounters {
+    /// This cgroup hit its limit since `before` (or ever, when there is no earlier reading).
+    fn limit_hit_since(&self, before: Option<&Self>) -> bool {
+        let moved = |now: Option<u64>, then: Option<u64>| match (now, then) {
+            (Some(n), Some(t)) => n > t,
+            (Some(n), None) => n > 0,
+            _ => false,
+        };
+        moved(self.oom_events, before.and_then(|b| b.oom_events))
+            || (self.limited && moved(self.failcnt, before.and_then(|b| b.failcnt)))
+    }
+}
+
+/// Reads cgroupfs files (a seam for tests).
+pub trait CgroupFiles: Send + Sync {
+    fn read(&self, path: &Path) -> Option<String>;
+}
+
+/// The real cgroupfs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LiveCgroupFs;
+
+impl CgroupFiles for LiveCgroupFs {
+    fn read(&self, path: &Path) -> Option<String> {
+        std::fs::read_to_string(path).ok()
+    }
+}
+
+/// Mount points of the memory controller.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemcgRoots {
+    /// cgroup v1 hierarchy with the `memory` controller.
+    pub v1_memory: Option<PathBuf>,
+    /// cgroup2 mount (used when no v1 memory hierarchy exists).
+    pub v2: Option<PathBuf>,
+}
+
+impl MemcgRoots {
+    /// Parses `/proc/self/mountinfo` (proc(5)): mount point is field 5, and after the ` - `
+    /// separator come the filesystem type, the source and the super options.
+    #[must_use]
+    pub fn from_mountinfo(text: &str) -> Self {
+        let mut roots = Self::default();
+        for line in text.lines() {
+            let Some((left, right)) = line.split_once(" - ") else {
+                continue;
+            };
+            let Some(mount_point) = left.split_whitespace().nth(4) else {
+                continue;
+            };
+            let mut right = right.split_whitespace();
+            let fstype = right.next().unwrap_or_default();
+            let options = right.nth(1).unwrap_or_default();
+            if fstype == "cgroup" && options.split(',').any(|o| o == "memory") {
+                roots
+                    .v1_memory
+                    .get_or_insert_with(|| PathBuf::from(mount_point));
+            } else if fstype == "cgroup2" {
+                roots.v2.get_or_insert_with(|| PathBuf::from(mount_point));
+            }
+        }
+        roots
+    }
+
+    /// From this process's mountinfo.
+    #[must_use]
+    pub fn detect() -> Self {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .map(|t| Self::from_mountinfo(&t))
+            .unwrap_or_default()
+    }
+
+    /// The memory cgroup of a process, from the text of `/proc/<pid>/cgroup`, as (hierarchy
+    /// root, path inside it).
+    #[must_use]
+    pub fn locate(&self, proc_cgroup: &str) -> Option<(PathBuf, String)> {
+        for line in proc_cgroup.lines() {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            if let Some(root) = &self.v1_memory
+                && controllers.split(',').any(|c| c == "memory")
+            {
+                return Some((root.clone(), path.to_owned()));
+            }
+        }
+        let root = self.v2.as_ref().filter(|_| self.v1_memory.is_none())?;
+        proc_cgroup
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .map(|path| (root.clone(), path.to_owned()))
+    }
+}
+
+/// A task's memory cgroup and its ancestors (innermost first, the hierarchy root excluded) with
+/// the last counters read from each.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemcgWatch {
+    levels: Vec<(PathBuf, String, Option<MemcgCounters>)>,
+}
+
+impl MemcgWatch {
+    /// Watches the memory cgroup `path` under `root` and its ancestors below `root`.
+    pub fn new(files: &dyn CgroupFiles, root: &Path, path: &str) -> Self {
+        let mut levels = Vec::new();
+        let mut rel = path.trim_end_matches('/').to_owned();
+        while !rel.is_empty() && rel != "/" {
+            let dir = root.join(rel.trim_start_matches('/'));
+            let counters = read_counters(files, &dir);
+            levels.push((dir, rel.clone(), counters));
+            rel = match rel.rfind('/') {
+                Some(i) => rel[..i].to_owned(),
+                None => String::new(),
+            };
+        }
+        Self { levels }
+    }
+
+    /// Decides the scope of an OOM kill that just happened, then takes the current readings as
+    /// the new baseline.
+    pub fn scope_of_kill(&mut self, files: &dyn CgroupFiles) -> OomScope {
+        if self.levels.is_empty() {
+            return OomScope::Unknown;
+        }
+        let mut scope = None;
+        let mut readable = false;
+        for (dir, rel, before) in &mut self.levels {
+            let now = read_counters(files, dir);
+            if let Some(now) = now {
+                readable = true;
+                if scope.is_none() && now.limit_hit_since(before.as_ref()) {
+                    scope = Some(OomScope::Cgroup {
+                        cgroup: rel.clone(),
+                    });
+                }
+            }
+            *before = now.or(*before);
+        }
+        scope.unwrap_or(if readable {
+            OomScope::System
+        } else {
+            OomScope::Unknown
+        })
+    }
+
+    /// Takes new baseline readings (called periodically while no OOM happens).
+    pub fn refresh(&mut self, files: &dyn CgroupFiles) {
+        for (dir, _, before) in &mut self.levels {
+            if let Some(now) = read_counters(files, dir) {
+                *before = Some(now);
+            }
+        }
+    }
+
+    /// Forgets the baseline, so any counter above zero counts (for kills seen only later, e.g.
+    /// while the driver was down).
+    pub fn forget_baseline(&mut self) {
+        for level in &mut self.levels {
+            level.2 = None;
+        }
+    }
+
+    /// Innermost watched cgroup path.
+    #[must_use]
+    pub fn innermost(&self) -> Option<&str> {
+        self.levels.first().map(|l| l.1.as_str())
+    }
+}
+
+fn read_counters(files: &dyn CgroupFiles, dir: &Path) -> Option<MemcgCounters> {
+    if let Some(events) = files.read(&dir.join("memory.events")) {
+        let oom = events.lines().find_map(|l| {
+            l.strip_prefix("oom ")
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        });
+        let limited = files
+            .read(&dir.join("memory.max"))
+            .is_some_and(|m| m.trim() != "max");
+        return Some(MemcgCounters {
+            limited,
+            failcnt: None,
+            oom_events: oom,
+        });
+    }
+    let limit = files
+        .read(&dir.join("memory.limit_in_bytes"))?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    let failcnt = files
+        .read(&dir.join("memory.failcnt"))
+        .and_then(|f| f.trim().parse::<u64>().ok());
+    Some(MemcgCounters {
+        limited: limit < UNLIMITED,
+        failcnt,
+        oom_events: None,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod fake {
+    //! An in-memory cgroupfs for unit tests.
+    use std::{
+        collections::HashMap,
+        path::{Path, PathBuf},
+        sync::Mutex,
+    };
+
+    use super::CgroupFiles;
+
+    #[derive(Default)]
+    pub struct FakeCgroupFs(pub Mutex<HashMap<PathBuf, String>>);
+
+    impl FakeCgroupFs {
+        pub fn set(&self, path: &str, text: &str) {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(PathBuf::from(path), text.to_owned());
+        }
+    }
+
+    impl CgroupFiles for FakeCgroupFs {
+        fn read(&self, path: &Path) -> Option<String> {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(path)
+                .cloned()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{fake::FakeCgroupFs, *};
+
+    const HYBRID: &str = "\
+25 1 0:22 / /sys rw - sysfs sysfs rw
+30 25 0:26 / /sys/fs/cgroup rw - tmpfs tmpfs rw,mode=755
+31 30 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+35 30 0:31 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+36 30 0:32 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu";
+
+    #[test]
+    fn finds_roots_and_locates_v1_memory() {
+        let roots = MemcgRoots::from_mountinfo(HYBRID);
+        assert_eq!(
+            roots.v1_memory.as_deref(),
+            Some(Path::new("/sys/fs/cgroup/memory"))
+        );
+        assert_eq!(
+            roots.v2.as_deref(),
+            Some(Path::new("/sys/fs/cgroup/unified"))
+        );
+        let (root, path) = roots
+            .locate("5:cpu:/x\n4:memory:/nomad/a-b\n0::/\n")
+            .expect("memory cgroup");
+        assert_eq!(
+            (root.as_path(), path.as_str()),
+            (Path::new("/sys/fs/cgroup/memory"), "/nomad/a-b")
+        );
+        let v2_only = MemcgRoots {
+            v1_memory: None,
+            v2: Some("/sys/fs/cgroup".into()),
+        };
+        assert_eq!(
+            v2_only.locate("0::/nomad.slice/x.scope\n").map(|l| l.1),
+            Some("/nomad.slice/x.scope".to_owned())
+        );
+    }
+
+    #[test]
+    fn v1_failcnt_of_a_limited_cgroup_marks_cgroup_scope() {
+        let fs = FakeCgroupFs::default();
+        let dir = "/sys/fs/cgroup/memory/nomad/t";
+        fs.set(&format!("{dir}/memory.limit_in_bytes"), "33554432\n");
+        fs.set(&format!("{dir}/memory.failcnt"), "0\n");
+        fs.set(
+            "/sys/fs/cgroup/memory/nomad/memory.limit_in_bytes",
+            "9223372036854771712\n",
+        );
+        fs.set("/sys/fs/cgroup/memory/nomad/memory.failcnt", "0\n");
+        let mut w = MemcgWatch::new(&fs, Path::new("/sys/fs/cgroup/memory"), "/nomad/t");
+        assert_eq!(w.innermost(), Some("/nomad/t"));
+        // No counter moved: the host ran out.
+        assert_eq!(w.scope_of_kill(&fs), OomScope::System);
+        fs.set(&format!("{dir}/memory.failcnt"), "17\n");
+        assert_eq!(
+            w.scope_of_kill(&fs),
+            OomScope::Cgroup {
+                cgroup: "/nomad/t".into()
+            }
+        );
+        // The baseline moved with the decision.
+        assert_eq!(w.scope_of_kill(&fs), OomScope::System);
+        // Without a baseline, any failures count.
+        w.forget_baseline();
+        assert!(matches!(w.scope_of_kill(&fs), OomScope::Cgroup { .. }));
+    }
+
+    #[test]
+    fn v2_oom_event_of_a_parent_is_found() {
+        let fs = FakeCgroupFs::default();
+        fs.set(
+            "/cg/alloc/task/memory.events",
+            "low 0\nhigh 0\nmax 3\noom 0\noom_kill 1\n",
+        );
+        fs.set("/cg/alloc/task/memory.max", "max\n");
+        fs.set("/cg/alloc/memory.events", "oom 0\noom_kill 0\n");
+        fs.set("/cg/alloc/memory.max", "268435456\n");
+        let mut w = MemcgWatch::new(&fs, Path::new("/cg"), "/alloc/task");
+        fs.set("/cg/alloc/memory.events", "oom 1\noom_kill 1\n");
+        assert_eq!(
+            w.scope_of_kill(&fs),
+            OomScope::Cgroup {
+                cgroup: "/alloc".into()
+            }
+        );
+        w.refresh(&fs);
+        assert_eq!(w.scope_of_kill(&fs), OomScope::System);
+    }
+
+    #[test]
+    fn unreadable_cgroups_give_unknown() {
+        let fs = FakeCgroupFs::default();
+        let mut w = MemcgWatch::new(&fs, Path::new("/cg"), "/gone");
+        assert_eq!(w.scope_of_kill(&fs), OomScope::Unknown);
+        let mut empty = MemcgWatch::default();
+        assert_eq!(empty.scope_of_kill(&fs), OomScope::Unknown);
+    }
+}

@@ -1,0 +1,361 @@
+//! The driver-facing [`Observer`]: consumes probe events on a tokio task, keeps the state machine
+//! up to date, registers task processes in the kernel's `TRACKED` map (and re-reads the pinned
+//! state after a driver restart), and answers exit classifications, trees and counters.
+
+mod tracking;
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    path::PathBuf,
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    sync::{Notify, broadcast},
+    task::JoinHandle,
+};
+
+use super::{
+    backend::KernelBackend,
+    key::TaskKey,
+    memcg::{CgroupFiles, LiveCgroupFs, MemcgRoots},
+    notice::Notice,
+    proc::{LiveProc, PidUsage, ProcSource, pid_usage},
+    reason::{ExitReason, MainExit},
+    state::{ObserverConfig, ObserverState},
+    tree::ProcessTree,
+};
+use crate::probes::{ProbeSet, ProcessEvent};
+
+/// Notices a slow subscriber may fall behind by.
+const NOTICE_CAPACITY: usize = 256;
+/// How long `classify` waits for the main process's exit record to come out of the ring buffer.
+const CLASSIFY_WAIT: Duration = Duration::from_secs(1);
+/// Unclaimed kernel facts records are deleted this long after their task ended.
+const FACTS_TTL_NS: u64 = 3_600_000_000_000;
+
+/// The OS seams of the observer.
+pub struct Sources {
+    pub proc: Arc<dyn ProcSource>,
+    pub cgroups: Arc<dyn CgroupFiles>,
+    pub roots: MemcgRoots,
+}
+
+impl Sources {
+    /// The real procfs and cgroupfs.
+    #[must_use]
+    pub fn live() -> Self {
+        Self {
+            proc: Arc::new(LiveProc),
+            cgroups: Arc::new(LiveCgroupFs),
+            roots: MemcgRoots::detect(),
+        }
+    }
+}
+
+/// What tracking or recovering a task found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrackReport {
+    /// Processes of the task now tracked.
+    pub processes: usize,
+    /// The kernel's pinned facts record for the task existed already (recovery).
+    pub kernel_facts_reused: bool,
+    /// The main process is alive.
+    pub main_alive: bool,
+}
+
+/// Counters for telemetry.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct ObserverStats {
+    pub events_processed: u64,
+    /// Over the last ~10 s.
+    pub events_per_second: f64,
+    /// Records the probes dropped because the ring buffer was full (per-CPU sum, pinned).
+    pub lost_events: u64,
+    /// Events the observer fell behind on in the in-process channel.
+    pub lagged_events: u64,
+    pub ring_records_received: u64,
+    pub tasks: usize,
+}
+
+/// Kernel observation of every task: see the module docs of `observer`.
+pub struct Observer {
+    backend: Arc<dyn KernelBackend>,
+    state: Mutex<ObserverState>,
+    proc: Arc<dyn ProcSource>,
+    notices: broadcast::Sender<Notice>,
+    exits: Notify,
+    processed: AtomicU64,
+    lagged: AtomicU64,
+    rate: Mutex<VecDeque<(Instant, u64)>>,
+    self_exe: Option<PathBuf>,
+    worker: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds (the probes' `bpf_ktime_get_ns`).
+#[must_use]
+pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+fn clock_ns(id: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid, exclusive pointer.
+    if unsafe { libc::clock_gettime(id, &raw mut ts) } != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+impl Observer {
+    /// Starts observing with the loaded probes, the real procfs/cgroupfs and default settings.
+    /// Must be called inside a tokio runtime.
+    pub fn start(probes: Arc<ProbeSet>, config: ObserverConfig) -> Arc<Self> {
+        Self::start_with(probes, Sources::live(), config)
+    }
+
+    /// Starts observing with any backend and OS sources (tests use fakes).
+    pub fn start_with(
+        backend: Arc<dyn KernelBackend>,
+        sources: Sources,
+        config: ObserverConfig,
+    ) -> Arc<Self> {
+        let own_comm = std::fs::read_to_string("/proc/self/comm")
+            .map(|c| c.trim().to_owned())
+            .unwrap_or_default();
+        let wall_offset = i128::from(clock_ns(libc::CLOCK_REALTIME)) - i128::from(monotonic_ns());
+        let state = ObserverState::new(
+            config,
+            Arc::clone(&sources.proc),
+            sources.cgroups,
+            sources.roots,
+            own_comm,
+            wall_offset,
+        );
+        let rx = backend.subscribe();
+        let observer = Arc::new(Self {
+            backend,
+            state: Mutex::new(state),
+            proc: sources.proc,
+            notices: broadcast::channel(NOTICE_CAPACITY).0,
+            exits: Notify::new(),
+            processed: AtomicU64::new(0),
+            lagged: AtomicU64::new(0),
+            rate: Mutex::new(VecDeque::new()),
+            self_exe: std::env::current_exe().ok(),
+            worker: Mutex::new(None),
+        });
+        let handle = tokio::spawn(run(Arc::downgrade(&observer), rx));
+        *lock(&observer.worker) = Some(handle);
+        observer
+    }
+
+    /// Live notices (child OOM kills, signals from outside the task, crashed children).
+    #[must_use]
+    pub fn notices(&self) -> broadcast::Receiver<Notice> {
+        self.notices.subscribe()
+    }
+
+    /// Signals from `pid` count as the driver's (e.g. a helper the driver spawns).
+    pub fn add_driver_pid(&self, pid: u32) {
+        lock(&self.state).add_driver_pid(pid);
+    }
+
+    /// Stops tracking a task and deletes its kernel state (DestroyTask).
+    pub fn forget(&self, key: TaskKey) -> Result<(), crate::probes::ProbeError> {
+        lock(&self.state).forget(key);
+        self.backend.untrack_task(key.0)?;
+        self.backend.remove_facts(key.0)
+    }
+
+    /// Why the task ended, once its supervisor reported the main process's wait status. Waits
+    /// briefly for the probes' record of that exit so every earlier event is accounted for.
+    pub async fn classify(&self, key: TaskKey, exit: &MainExit) -> ExitReason {
+        let deadline = tokio::time::Instant::now() + CLASSIFY_WAIT;
+        loop {
+            let notified = self.exits.notified();
+            if lock(&self.state).main_exit_seen(key) {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break;
+            }
+        }
+        self.classify_now(key, exit)
+    }
+
+    /// [`Observer::classify`] without waiting.
+    pub fn classify_now(&self, key: TaskKey, exit: &MainExit) -> ExitReason {
+        let kernel = self.backend.facts(key.0).ok().flatten();
+        lock(&self.state).classify(key, exit, kernel.as_ref(), monotonic_ns())
+    }
+
+    /// The task's live process tree and recent execs.
+    pub fn tree(&self, key: TaskKey) -> Option<ProcessTree> {
+        lock(&self.state).tree(key)
+    }
+
+    /// Live PIDs of the task.
+    pub fn pids(&self, key: TaskKey) -> Vec<u32> {
+        lock(&self.state).pids(key)
+    }
+
+    /// CPU and memory of each live process of the task (for TaskStats' per-pid usage).
+    pub fn pid_usage(&self, key: TaskKey) -> BTreeMap<u32, PidUsage> {
+        let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .map_or(100, |t| t.max(1) as u64);
+        let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .map_or(4096, |p| p.max(1) as u64);
+        self.pids(key)
+            .into_iter()
+            .filter_map(|pid| pid_usage(self.proc.as_ref(), pid, ticks, page).map(|u| (pid, u)))
+            .collect()
+    }
+
+    /// Records the probes dropped because the ring buffer was full (summed over CPUs).
+    pub fn lost_events(&self) -> u64 {
+        self.backend.lost_events().unwrap_or(0)
+    }
+
+    /// Telemetry counters.
+    pub fn stats(&self) -> ObserverStats {
+        let rate = lock(&self.rate);
+        let events_per_second = match (rate.front(), rate.back()) {
+            (Some((t0, n0)), Some((t1, n1))) if t1 > t0 => {
+                (n1 - n0) as f64 / t1.duration_since(*t0).as_secs_f64()
+            }
+            _ => 0.0,
+        };
+        ObserverStats {
+            events_processed: self.processed.load(Ordering::Relaxed),
+            events_per_second,
+            lost_events: self.lost_events(),
+            lagged_events: self.lagged.load(Ordering::Relaxed),
+            ring_records_received: self.backend.events_received(),
+            tasks: lock(&self.state).registered().len(),
+        }
+    }
+
+    fn on_event(&self, ev: &ProcessEvent) {
+        let keys: [u64; 1] = [match ev {
+            ProcessEvent::Signal { target_task, .. } => *target_task,
+            ProcessEvent::Exec { task, .. }
+            | ProcessEvent::Exit { task, .. }
+            | ProcessEvent::Fork { task, .. }
+            | ProcessEvent::OomVictim { task, .. } => *task,
+        }];
+        let mut state = lock(&self.state);
+        for key in keys.into_iter().filter(|k| *k != 0) {
+            if !state.knows(TaskKey(key))
+                && let Ok(Some(f)) = self.backend.facts(key)
+            {
+                // A record for a task not claimed yet (a backlog from before a restart).
+                state.prime(TaskKey(key), f.main_pid, ev.ktime_ns());
+            }
+        }
+        let notices = state.apply(ev);
+        drop(state);
+        self.processed.fetch_add(1, Ordering::Relaxed);
+        if matches!(ev, ProcessEvent::Exit { .. }) {
+            self.exits.notify_waiters();
+        }
+        for n in notices {
+            let _ = self.notices.send(n);
+        }
+    }
+
+    fn on_tick(&self, full: bool) {
+        let now = monotonic_ns();
+        let notices = lock(&self.state).tick(now, full);
+        for n in notices {
+            let _ = self.notices.send(n);
+        }
+        if full {
+            let mut rate = lock(&self.rate);
+            rate.push_back((Instant::now(), self.processed.load(Ordering::Relaxed)));
+            while rate.len() > 10 {
+                rate.pop_front();
+            }
+            drop(rate);
+            self.collect_facts(now);
+        }
+    }
+
+    /// Deletes kernel facts of tasks no driver call claimed that ended long ago.
+    fn collect_facts(&self, now: u64) {
+        let registered = lock(&self.state).registered();
+        let Ok(keys) = self.backend.fact_keys() else {
+            return;
+        };
+        for key in keys
+            .into_iter()
+            .filter(|k| !registered.contains(&TaskKey(*k)))
+        {
+            if let Ok(Some(f)) = self.backend.facts(key) {
+                let ended = if f.main_exit_ktime_ns != 0 {
+                    f.main_exit_ktime_ns
+                } else {
+                    f.tracked_ktime_ns
+                };
+                let alive = self
+                    .backend
+                    .tracked()
+                    .is_ok_and(|t| t.iter().any(|(_, k)| *k == key));
+                if !alive && now.saturating_sub(ended) > FACTS_TTL_NS {
+                    let _ = self.backend.remove_facts(key);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        if let Some(h) = lock(&self.worker).take() {
+            h.abort();
+        }
+    }
+}
+
+/// The event loop: events as they come, a short tick for held notices, a long one for upkeep.
+async fn run(observer: Weak<Observer>, mut rx: broadcast::Receiver<ProcessEvent>) {
+    let mut short = tokio::time::interval(Duration::from_millis(100));
+    let mut ticks: u64 = 0;
+    loop {
+        tokio::select! {
+            ev = rx.recv() => {
+                let Some(o) = observer.upgrade() else { return };
+                match ev {
+                    Ok(ev) => o.on_event(&ev),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        o.lagged.fetch_add(n, Ordering::Relaxed);
+                        tracing::warn!(missed = n, "observer fell behind the probe events");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+            _ = short.tick() => {
+                let Some(o) = observer.upgrade() else { return };
+                ticks += 1;
+                o.on_tick(ticks.is_multiple_of(10));
+            }
+        }
+    }
+}

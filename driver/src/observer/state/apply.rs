@@ -1,0 +1,245 @@
+//! Applying probe events to the observer's state: process tree, main-process facts, OOM kills
+//! (scope decided on the spot from the memory cgroup), and signals held for notices.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use bpfexec_common::{CLONE_PARENT, signal_result};
+
+use super::{ObserverState, TaskKey};
+use crate::observer::{
+    facts::{OomSeen, SignalSeen},
+    notice::{Notice, PendingSignal, child_oom},
+    reason::SenderClass,
+    signals::{is_crash, is_quiet},
+};
+use crate::probes::ProcessEvent;
+
+/// Signals held per task at most.
+const MAX_PENDING: usize = 256;
+/// Notices kept for a task the driver has not claimed yet.
+const MAX_QUEUED: usize = 32;
+/// Parents of exited processes remembered per task.
+const MAX_EXITED_PARENTS: usize = 4096;
+
+impl ObserverState {
+    /// Applies one probe event; returns the notices it makes due.
+    pub fn apply(&mut self, ev: &ProcessEvent) -> Vec<Notice> {
+        let now = ev.ktime_ns();
+        let mut out = Vec::new();
+        match ev {
+            ProcessEvent::Fork {
+                task,
+                parent_pid,
+                child_pid,
+                clone_flags,
+                child_comm,
+                ..
+            } => {
+                let at = self.wall_ms(now);
+                let t = self.entry(TaskKey(*task), now);
+                // CLONE_PARENT: the new process is a sibling of its creator.
+                let parent = if clone_flags & CLONE_PARENT != 0 {
+                    t.table.get(*parent_pid).map_or(*parent_pid, |p| p.ppid)
+                } else {
+                    *parent_pid
+                };
+                t.table.fork(parent, *child_pid, child_comm.clone(), at);
+            }
+            ProcessEvent::Exec {
+                task,
+                pid,
+                filename,
+                comm,
+                ..
+            } => {
+                let file = filename.to_string_lossy().into_owned();
+                self.on_exec(TaskKey(*task), *pid, file, comm, now);
+            }
+            ProcessEvent::Exit { task, pid, .. } => self.on_exit(TaskKey(*task), *pid, now),
+            ProcessEvent::Signal { target_task: 0, .. } => {}
+            ProcessEvent::Signal {
+                sender_pid,
+                sender_uid,
+                sender_comm,
+                sender_task,
+                target_tgid,
+                target_comm,
+                target_task,
+                sig,
+                code,
+                result,
+                ..
+            } => {
+                if *result == signal_result::DELIVERED || *result == signal_result::LOSE_INFO {
+                    let seen = SignalSeen {
+                        ktime_ns: now,
+                        sig: *sig,
+                        code: *code,
+                        sender_pid: *sender_pid,
+                        sender_uid: *sender_uid,
+                        sender_comm: sender_comm.clone(),
+                        sender_task: *sender_task,
+                    };
+                    self.on_signal(TaskKey(*target_task), *target_tgid, target_comm, seen);
+                }
+            }
+            ProcessEvent::OomVictim {
+                task,
+                pid,
+                comm,
+                anon_rss_kb,
+                file_rss_kb,
+                shmem_rss_kb,
+                ..
+            } => {
+                let rss_kb = anon_rss_kb + file_rss_kb + shmem_rss_kb;
+                out.extend(self.on_oom(TaskKey(*task), *pid, comm, rss_kb, now));
+            }
+        }
+        out.extend(self.flush(now));
+        out
+    }
+
+    fn on_exec(&mut self, key: TaskKey, pid: u32, file: String, comm: &str, now: u64) {
+        let at = self.wall_ms(now);
+        // Only trust procfs if it still shows the program this event is about.
+        let cmdline = self
+            .proc
+            .stat(pid)
+            .filter(|s| s.comm == comm)
+            .and_then(|_| self.proc.cmdline(pid));
+        let t = self.entry(key, now);
+        if pid == t.facts.main_pid {
+            t.facts.main_exec_ktime = Some(now);
+        }
+        t.table.exec(pid, file, comm.to_owned(), cmdline, at);
+    }
+
+    fn on_exit(&mut self, key: TaskKey, pid: u32, now: u64) {
+        let t = self.entry(key, now);
+        if let Some(node) = t.table.exit(pid) {
+            if t.exited_parents.len() >= MAX_EXITED_PARENTS {
+                t.exited_parents.clear();
+            }
+            t.exited_parents.insert(pid, node.ppid);
+        }
+        if pid == t.facts.main_pid {
+            t.main_exit_seen = true;
+            t.facts.main_exit_ktime = Some(now);
+        }
+        for p in t.pending.iter_mut().filter(|p| p.target_pid == pid) {
+            p.fatal = true;
+        }
+    }
+
+    fn on_signal(&mut self, key: TaskKey, target: u32, target_comm: &str, seen: SignalSeen) {
+        let now = seen.ktime_ns;
+        let sig = seen.sig;
+        let kernel_fault = seen.code > 0;
+        let sender = self.sender_of(key, target, &seen);
+        let t = self.entry(key, now);
+        let is_main = target == t.facts.main_pid;
+        if is_main {
+            t.facts.record_signal(seen);
+        }
+        let worth = !is_quiet(sig)
+            && match sender.class {
+                SenderClass::Host | SenderClass::OtherAllocation { .. } => true,
+                SenderClass::Kernel => is_crash(sig) && kernel_fault,
+                _ => false,
+            };
+        if worth && t.pending.len() < MAX_PENDING {
+            t.pending.push(PendingSignal {
+                ktime_ns: now,
+                target_pid: target,
+                target_comm: target_comm.to_owned(),
+                target_is_main: is_main,
+                sig,
+                sender,
+                fatal: false,
+            });
+        }
+    }
+
+    fn on_oom(
+        &mut self,
+        key: TaskKey,
+        victim: u32,
+        comm: &str,
+        rss_kb: u64,
+        now: u64,
+    ) -> Option<Notice> {
+        let main = self.entry(key, now).facts.main_pid;
+        // The victim is (or was, a moment ago) in the cgroup whose limit matters.
+        if self.locate_memcg(victim).is_some() {
+            self.follow_memcg(key, victim, false);
+        } else if main != 0 {
+            self.follow_memcg(key, main, false);
+        }
+        let cgroups = Arc::clone(&self.cgroups);
+        let t = self.entry(key, now);
+        let scope = t.memcg.scope_of_kill(cgroups.as_ref());
+        t.facts.record_oom(OomSeen {
+            ktime_ns: now,
+            victim_pid: victim,
+            comm: comm.to_owned(),
+            rss_kb,
+            scope: Some(scope.clone()),
+        });
+        if victim == t.facts.main_pid {
+            return None;
+        }
+        let (m, a) = child_oom(victim, comm, rss_kb, &scope);
+        self.emit(key, m, a, now)
+    }
+
+    /// Emits (or queues, or rate-limits) one notice.
+    fn emit(
+        &mut self,
+        key: TaskKey,
+        message: String,
+        mut annotations: BTreeMap<String, String>,
+        now: u64,
+    ) -> Option<Notice> {
+        let t = self.tasks.get_mut(&key)?;
+        let before = t.limit.suppressed;
+        if !t.limit.allow(now) {
+            return None;
+        }
+        if before > 0 {
+            annotations.insert("suppressed_before".into(), before.to_string());
+            t.limit.suppressed = 0;
+        }
+        if let Some(meta) = &t.meta {
+            return Some(Notice::new(key, meta, message, annotations));
+        }
+        if t.queued.len() < MAX_QUEUED {
+            t.queued.push((message, annotations));
+        }
+        None
+    }
+
+    /// Turns held signals that were fatal or are older than the notice delay into notices.
+    pub(super) fn flush(&mut self, now: u64) -> Vec<Notice> {
+        let delay = self.config.notice_delay_ns;
+        let mut due = Vec::new();
+        for (key, t) in &mut self.tasks {
+            if t.pending.is_empty() {
+                continue;
+            }
+            let (ready, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut t.pending)
+                .into_iter()
+                .partition(|p| p.fatal || p.ktime_ns + delay <= now);
+            t.pending = keep;
+            due.extend(
+                ready
+                    .iter()
+                    .filter_map(PendingSignal::render)
+                    .map(|r| (*key, r)),
+            );
+        }
+        due.into_iter()
+            .filter_map(|(key, (m, a))| self.emit(key, m, a, now))
+            .collect()
+    }
+}

@@ -1,0 +1,186 @@
+//! Glue between the task table and the eBPF observer: register each task's main process, recover
+//! it after a restart, forget it at destroy, and turn its end into Nomad's ExitResult plus a task
+//! event that says why (sender, OOM victim, exec failure). Without probes the wait status and the
+//! task cgroup's OOM counter still give an honest answer.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+
+use bpfexec_proto::drivers;
+use tokio::sync::broadcast;
+
+use super::state::{DriverState, Outcome};
+use crate::observer::{ExitReason, MainExit, Observer, ObserverError, TaskKey, TaskMeta};
+
+pub struct Observation {
+    observer: OnceLock<Arc<Observer>>,
+    events: broadcast::Sender<drivers::DriverTaskEvent>,
+}
+
+/// A Nomad task event for the TaskEvents stream.
+pub fn task_event(
+    task_id: &str,
+    alloc_id: &str,
+    task_name: &str,
+    message: String,
+    annotations: BTreeMap<String, String>,
+) -> drivers::DriverTaskEvent {
+    drivers::DriverTaskEvent {
+        task_id: task_id.to_owned(),
+        alloc_id: alloc_id.to_owned(),
+        task_name: task_name.to_owned(),
+        timestamp: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+        message,
+        annotations: annotations.into_iter().collect(),
+    }
+}
+
+fn meta(cfg: &drivers::TaskConfig, state: &DriverState) -> TaskMeta {
+    TaskMeta {
+        task_id: state.task_id.clone(),
+        alloc_id: cfg.alloc_id.clone(),
+        task_name: cfg.name.clone(),
+        main_pid: state.pid,
+        main_start_time: state.start_time,
+        supervisor_pid: Some(state.supervisor_pid),
+    }
+}
+
+impl Observation {
+    pub fn new(events: broadcast::Sender<drivers::DriverTaskEvent>) -> Self {
+        Self {
+            observer: OnceLock::new(),
+            events,
+        }
+    }
+
+    /// Installs the observer (once the probes are loaded) and forwards its notices as task events.
+    pub fn attach(&self, observer: Arc<Observer>) {
+        let mut notices = observer.notices();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            loop {
+                match notices.recv().await {
+                    Ok(n) => {
+                        let _ = events.send(task_event(
+                            &n.task_id,
+                            &n.alloc_id,
+                            &n.task_name,
+                            n.message,
+                            n.annotations,
+                        ));
+                    }
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "observer notices dropped");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        let _ = self.observer.set(observer);
+    }
+
+    pub fn observer(&self) -> Option<&Arc<Observer>> {
+        self.observer.get()
+    }
+
+    pub fn track(&self, cfg: &drivers::TaskConfig, state: &DriverState) {
+        let Some(obs) = self.observer() else { return };
+        match obs.track(TaskKey::from_task_id(&state.task_id), meta(cfg, state)) {
+            Ok(_) | Err(ObserverError::MainGone { .. }) => {}
+            Err(e) => {
+                tracing::warn!(task_id = %state.task_id, error = %e, "the observer could not track the task");
+            }
+        }
+    }
+
+    pub fn recover(&self, cfg: &drivers::TaskConfig, state: &DriverState) {
+        let Some(obs) = self.observer() else { return };
+        if let Err(e) = obs.recover(TaskKey::from_task_id(&state.task_id), meta(cfg, state)) {
+            tracing::warn!(task_id = %state.task_id, error = %e, "the observer could not recover the task");
+        }
+    }
+
+    pub fn forget(&self, task_id: &str) {
+        if let Some(obs) = self.observer()
+            && let Err(e) = obs.forget(TaskKey::from_task_id(task_id))
+        {
+            tracing::debug!(task_id, error = %e, "the observer had nothing to forget");
+        }
+    }
+
+    /// Classifies the task's end (waiting briefly for the probes' last records), sets the OOM
+    /// flag from that and emits the explaining task event.
+    pub async fn explain(
+        &self,
+        cfg: &drivers::TaskConfig,
+        state: &DriverState,
+        outcome: Outcome,
+    ) -> Outcome {
+        if outcome.err.is_some() {
+            return outcome;
+        }
+        let exit = MainExit::new(outcome.exit_code, outcome.signal, false);
+        let reason = match self.observer() {
+            Some(obs) => Some(
+                obs.classify(TaskKey::from_task_id(&state.task_id), &exit)
+                    .await,
+            ),
+            None => None,
+        };
+        self.finish(cfg, state, outcome, reason, &exit)
+    }
+
+    /// [`Observation::explain`] without waiting (a task found already ended at recovery).
+    pub fn explain_now(
+        &self,
+        cfg: &drivers::TaskConfig,
+        state: &DriverState,
+        outcome: Outcome,
+    ) -> Outcome {
+        if outcome.err.is_some() {
+            return outcome;
+        }
+        let exit = MainExit::new(outcome.exit_code, outcome.signal, false);
+        let reason = self
+            .observer()
+            .map(|obs| obs.classify_now(TaskKey::from_task_id(&state.task_id), &exit));
+        self.finish(cfg, state, outcome, reason, &exit)
+    }
+
+    fn finish(
+        &self,
+        cfg: &drivers::TaskConfig,
+        state: &DriverState,
+        outcome: Outcome,
+        reason: Option<ExitReason>,
+        exit: &MainExit,
+    ) -> Outcome {
+        let (outcome, reason) = match reason {
+            Some(reason) => {
+                let (oom, _, _) = reason.to_nomad();
+                (
+                    Outcome {
+                        oom_killed: oom,
+                        ..outcome
+                    },
+                    reason,
+                )
+            }
+            // No probes: the wait status and the cgroup's OOM counter.
+            None => (
+                super::watch::with_oom(outcome, state),
+                ExitReason::from_wait_status(exit),
+            ),
+        };
+        let (_, message, annotations) = reason.to_nomad();
+        let _ = self.events.send(task_event(
+            &state.task_id,
+            &cfg.alloc_id,
+            &cfg.name,
+            message,
+            annotations,
+        ));
+        outcome
+    }
+}
