@@ -97,6 +97,9 @@ impl Runtime {
         let Some(nomad) = nomad else { return Ok(()) };
         let compute =
             Compute::from_topology(nomad.driver.as_ref().and_then(|d| d.topology.as_ref()));
+        let pins = crate::probes::ProbeOptions {
+            pin_root: plugin.bpf_pin_dir.clone(),
+        };
         let start = StartContext {
             plugin: plugin.clone(),
             cgroup_mode: self.cgroup_mode,
@@ -110,16 +113,16 @@ impl Runtime {
             start,
             compute,
         });
-        self.load_probes().await;
+        self.load_probes(pins).await;
         Ok(())
     }
 
-    async fn load_probes(&self) {
+    async fn load_probes(&self, options: crate::probes::ProbeOptions) {
         let mut probes = self.probes.write().await;
         if matches!(*probes, ProbeState::Loaded(_)) {
             return;
         }
-        *probes = match ProbeSet::load() {
+        *probes = match ProbeSet::load_with(&options) {
             Ok(set) => {
                 tracing::info!(attached = ?set.attached(), "eBPF probes loaded");
                 let set = Arc::new(set);

@@ -96,6 +96,10 @@ impl Agent {
             data_dir: root.join("data"),
             plugin_dir: root.join("plugins"),
             state_dir: root.join("state"),
+            pin_dir: std::path::Path::new("/sys/fs/bpf").join(format!(
+                "bpfexec-e2e-{}",
+                root.file_name().map_or("x".into(), |n| n.to_string_lossy())
+            )),
             http_port: ports[0],
             rpc_port: ports[1],
             serf_port: ports[2],
@@ -300,6 +304,15 @@ impl Drop for Agent {
         }
         self.kill();
         cleanup::sweep(&self.root, &self.layout, &self.nomad, &known_allocs);
+        // Unpinning the links detaches the probes this agent's driver left attached.
+        if let Err(e) = fs::remove_dir_all(&self.layout.pin_dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            eprintln!(
+                "bpfexec-e2e: removing {}: {e}",
+                self.layout.pin_dir.display()
+            );
+        }
         if env::keep_temp_dirs()
             && let Some(dir) = self.dir.take()
         {

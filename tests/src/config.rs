@@ -18,6 +18,9 @@ pub struct AgentLayout {
     pub plugin_dir: PathBuf,
     /// The driver's `state_dir` (per-task supervisor state).
     pub state_dir: PathBuf,
+    /// The driver's `bpf_pin_dir` on bpffs (pinned probe maps and links); removed with the agent
+    /// so no probe stays attached after the suite.
+    pub pin_dir: PathBuf,
     /// HTTP API port.
     pub http_port: u16,
     /// Server RPC port.
@@ -119,9 +122,10 @@ client {{
     if with_driver {
         let _ = write!(
             hcl,
-            "\nplugin {plugin} {{\n  config {{\n    state_dir = {state}\n{extra}\n  }}\n}}\n",
+            "\nplugin {plugin} {{\n  config {{\n    state_dir = {state}\n    bpf_pin_dir = {pins}\n{extra}\n  }}\n}}\n",
             plugin = hcl_string(PLUGIN_FILE_NAME),
             state = hcl_path(&layout.state_dir),
+            pins = hcl_path(&layout.pin_dir),
             extra = plugin_config,
         );
     }
@@ -154,6 +158,7 @@ mod tests {
             data_dir: "/d".into(),
             plugin_dir: "/p".into(),
             state_dir: "/s".into(),
+            pin_dir: "/sys/fs/bpf/x".into(),
             http_port: 1,
             rpc_port: 2,
             serf_port: 3,

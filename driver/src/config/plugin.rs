@@ -57,6 +57,9 @@ pub struct PluginConfig {
     pub chroot_env: BTreeMap<String, String>,
     pub no_pivot_root: bool,
     pub allow_unisolated: bool,
+    /// bpffs directory where the probes pin their maps and links, so task tracking survives
+    /// driver restarts; empty string disables pinning.
+    pub bpf_pin_dir: Option<PathBuf>,
 }
 
 impl Default for PluginConfig {
@@ -74,6 +77,7 @@ impl Default for PluginConfig {
                 .collect(),
             no_pivot_root: false,
             allow_unisolated: false,
+            bpf_pin_dir: Some(PathBuf::from(crate::probes::pin::DEFAULT_PIN_ROOT)),
         }
     }
 }
@@ -89,6 +93,7 @@ struct Raw {
     chroot_env: Option<BTreeMap<String, String>>,
     no_pivot_root: Option<bool>,
     allow_unisolated: Option<bool>,
+    bpf_pin_dir: Option<String>,
 }
 
 impl PluginConfig {
@@ -143,6 +148,19 @@ impl PluginConfig {
                 }
             }
             cfg.chroot_env = env;
+        }
+        if let Some(dir) = raw.bpf_pin_dir {
+            cfg.bpf_pin_dir = if dir.is_empty() {
+                None
+            } else if dir.starts_with('/') {
+                Some(PathBuf::from(dir))
+            } else {
+                return Err(ConfigError::Invalid {
+                    field: "bpf_pin_dir",
+                    problem: format!("{dir:?} is a relative path"),
+                    fix: "give a directory on bpffs, e.g. bpf_pin_dir = \"/sys/fs/bpf/bpfexec\", or \"\" to disable pinning".into(),
+                });
+            };
         }
         cfg.no_pivot_root = raw.no_pivot_root.unwrap_or(false);
         cfg.allow_unisolated = raw.allow_unisolated.unwrap_or(false);

@@ -94,6 +94,7 @@ pub fn plugin_schema() -> Spec {
             "allow_unisolated",
             with_default("allow_unisolated", "bool", "false"),
         ),
+        ("bpf_pin_dir", attr("bpf_pin_dir", "string", false)),
     ])
 }
 
