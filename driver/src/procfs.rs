@@ -140,15 +140,7 @@ impl PidFd {
                 0,
             )
         };
-        if ret == 0 {
-            return Ok(true);
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::ESRCH) {
-            Ok(false)
-        } else {
-            Err(err)
-        }
+        delivered(ret)
     }
 
     /// True once the process has exited (the pidfd polls readable).
@@ -184,6 +176,11 @@ fn start_time_or_gone(pid: u32) -> io::Result<u64> {
 pub fn signal_group(pgid: u32, signal: i32) -> io::Result<bool> {
     // SAFETY: kill(2) with a negative pid addresses a process group; no pointers involved.
     let ret = unsafe { libc::kill(-(pgid as libc::pid_t), signal) };
+    delivered(i64::from(ret))
+}
+
+/// A signalling syscall's result: delivered, nobody left to receive it (`ESRCH`), or an error.
+fn delivered(ret: i64) -> io::Result<bool> {
     if ret == 0 {
         return Ok(true);
     }

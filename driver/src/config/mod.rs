@@ -9,6 +9,19 @@ pub mod task;
 
 use serde::de::DeserializeOwned;
 
+/// Builds cty-msgpack-like maps for the config tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use rmpv::Value;
+
+    pub fn enc(pairs: Vec<(&str, Value)>) -> Vec<u8> {
+        let v = Value::Map(pairs.into_iter().map(|(k, v)| (k.into(), v)).collect());
+        let mut buf = Vec::new();
+        rmpv::encode::write_value(&mut buf, &v).expect("encode");
+        buf
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("invalid {what}: {detail}")]

@@ -171,14 +171,8 @@ impl PluginConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::test_support::enc;
     use rmpv::Value;
-
-    fn enc(pairs: Vec<(&str, Value)>) -> Vec<u8> {
-        let v = Value::Map(pairs.into_iter().map(|(k, v)| (k.into(), v)).collect());
-        let mut buf = Vec::new();
-        rmpv::encode::write_value(&mut buf, &v).expect("encode");
-        buf
-    }
 
     #[test]
     fn empty_config_gives_exec_defaults() {

@@ -147,14 +147,8 @@ impl TaskConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::test_support::enc;
     use rmpv::Value;
-
-    fn enc(pairs: Vec<(&str, Value)>) -> Vec<u8> {
-        let v = Value::Map(pairs.into_iter().map(|(k, v)| (k.into(), v)).collect());
-        let mut buf = Vec::new();
-        rmpv::encode::write_value(&mut buf, &v).expect("encode");
-        buf
-    }
 
     #[test]
     fn decodes_command_and_args_with_nulls() {

@@ -35,6 +35,14 @@ pub fn task_event(
     }
 }
 
+/// The main process's end as the observer sees it; None for a task whose status was lost.
+fn main_exit(outcome: &Outcome) -> Option<MainExit> {
+    outcome
+        .err
+        .is_none()
+        .then(|| MainExit::new(outcome.exit_code, outcome.signal, outcome.core_dumped))
+}
+
 fn meta(cfg: &drivers::TaskConfig, state: &DriverState) -> TaskMeta {
     TaskMeta {
         task_id: state.task_id.clone(),
@@ -117,10 +125,9 @@ impl Observation {
         state: &DriverState,
         outcome: Outcome,
     ) -> Outcome {
-        if outcome.err.is_some() {
+        let Some(exit) = main_exit(&outcome) else {
             return outcome;
-        }
-        let exit = MainExit::new(outcome.exit_code, outcome.signal, false);
+        };
         let reason = match self.observer() {
             Some(obs) => Some(
                 obs.classify(TaskKey::from_task_id(&state.task_id), &exit)
@@ -138,10 +145,9 @@ impl Observation {
         state: &DriverState,
         outcome: Outcome,
     ) -> Outcome {
-        if outcome.err.is_some() {
+        let Some(exit) = main_exit(&outcome) else {
             return outcome;
-        }
-        let exit = MainExit::new(outcome.exit_code, outcome.signal, false);
+        };
         let reason = self
             .observer()
             .map(|obs| obs.classify_now(TaskKey::from_task_id(&state.task_id), &exit));

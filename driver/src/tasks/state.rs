@@ -58,6 +58,7 @@ pub struct Outcome {
     pub exit_code: i32,
     pub signal: i32,
     pub oom_killed: bool,
+    pub core_dumped: bool,
     /// Set when the driver could not learn the true status (Nomad then treats the task as failed).
     pub err: Option<String>,
     pub finished_at_ms: u64,
@@ -69,6 +70,7 @@ impl From<ExitRecord> for Outcome {
             exit_code: r.exit_code,
             signal: r.signal,
             oom_killed: false,
+            core_dumped: r.core_dumped,
             err: None,
             finished_at_ms: r.finished_at_ms,
         }
@@ -81,6 +83,7 @@ impl Outcome {
             exit_code: -1,
             signal: 0,
             oom_killed: false,
+            core_dumped: false,
             err: Some(reason),
             finished_at_ms: crate::supervisor::record::now_ms(),
         }
