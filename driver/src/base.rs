@@ -56,7 +56,19 @@ impl BasePlugin for BaseService {
             tracing::error!(error = %e, "rejected plugin configuration");
             Status::invalid_argument(format!("plugin \"nomad-driver-bpfexec\" config: {e}"))
         })?;
+        let http_addr = cfg.http_addr;
         self.rt.configure(cfg, req.nomad_config.as_ref()).await?;
+        // Only the real instance (with nomad_config) serves, and only once.
+        if req.nomad_config.is_some()
+            && let Some(addr) = http_addr
+            && !self
+                .rt
+                .http_started
+                .swap(true, std::sync::atomic::Ordering::SeqCst)
+            && let Err(e) = crate::http::serve(addr.to_string(), Arc::clone(&self.rt)).await
+        {
+            tracing::warn!(%addr, error = %e, "cannot serve the driver HTTP endpoint (http_addr)");
+        }
         Ok(Response::new(base::SetConfigResponse {}))
     }
 }

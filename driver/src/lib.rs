@@ -5,6 +5,7 @@ pub mod cgroups;
 pub mod config;
 pub mod errors;
 pub mod fingerprint;
+pub mod http;
 pub mod isolation;
 pub mod logging;
 pub mod observer;

@@ -65,6 +65,8 @@ pub struct Runtime {
     configured: RwLock<Option<Configured>>,
     probes: tokio::sync::RwLock<ProbeState>,
     pub cgroup_mode: Option<CgroupMode>,
+    /// The `http_addr` endpoint was started.
+    pub http_started: std::sync::atomic::AtomicBool,
 }
 
 impl Runtime {
@@ -76,6 +78,7 @@ impl Runtime {
             configured: RwLock::new(None),
             probes: tokio::sync::RwLock::new(ProbeState::NotLoaded),
             cgroup_mode: cgroups::detect_mode(std::path::Path::new(cgroups::DEFAULT_ROOT)).ok(),
+            http_started: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

@@ -60,6 +60,8 @@ pub struct PluginConfig {
     /// bpffs directory where the probes pin their maps and links, so task tracking survives
     /// driver restarts; empty string disables pinning.
     pub bpf_pin_dir: Option<PathBuf>,
+    /// Address of the local JSON endpoint (`/v1/tasks`, `/v1/tree`, `/v1/observer`); None = off.
+    pub http_addr: Option<std::net::SocketAddr>,
 }
 
 impl Default for PluginConfig {
@@ -78,6 +80,7 @@ impl Default for PluginConfig {
             no_pivot_root: false,
             allow_unisolated: false,
             bpf_pin_dir: Some(PathBuf::from(crate::probes::pin::DEFAULT_PIN_ROOT)),
+            http_addr: None,
         }
     }
 }
@@ -94,6 +97,7 @@ struct Raw {
     no_pivot_root: Option<bool>,
     allow_unisolated: Option<bool>,
     bpf_pin_dir: Option<String>,
+    http_addr: Option<String>,
 }
 
 impl PluginConfig {
@@ -161,6 +165,13 @@ impl PluginConfig {
                     fix: "give a directory on bpffs, e.g. bpf_pin_dir = \"/sys/fs/bpf/bpfexec\", or \"\" to disable pinning".into(),
                 });
             };
+        }
+        if let Some(addr) = raw.http_addr.filter(|a| !a.is_empty()) {
+            cfg.http_addr = Some(addr.parse().map_err(|_| ConfigError::Invalid {
+                field: "http_addr",
+                problem: format!("{addr:?} is not an address"),
+                fix: "give ip:port, e.g. http_addr = \"127.0.0.1:4649\"".into(),
+            })?);
         }
         cfg.no_pivot_root = raw.no_pivot_root.unwrap_or(false);
         cfg.allow_unisolated = raw.allow_unisolated.unwrap_or(false);

@@ -95,6 +95,7 @@ pub fn plugin_schema() -> Spec {
             with_default("allow_unisolated", "bool", "false"),
         ),
         ("bpf_pin_dir", attr("bpf_pin_dir", "string", false)),
+        ("http_addr", attr("http_addr", "string", false)),
     ])
 }
 
