@@ -163,10 +163,13 @@ impl ObserverState {
     }
 
     /// The memory cgroup of `pid` as (hierarchy root, path), from procfs.
+    /// An exiting process is moved to the root cgroup by the kernel, so a root path says nothing
+    /// about where the process lived and is ignored.
     pub(crate) fn locate_memcg(&self, pid: u32) -> Option<(std::path::PathBuf, String)> {
         self.proc
             .cgroup(pid)
             .and_then(|text| self.roots.locate(&text))
+            .filter(|(_, path)| !path.trim_end_matches('/').is_empty())
     }
 
     /// Points the task's memory-cgroup watch at the cgroup `pid` is in now, if it moved (the
