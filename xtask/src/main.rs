@@ -2,6 +2,7 @@
 //! and the e2e suite), build (driver + plugin dir), test (the full CI gate), demo, bench.
 //! Arguments are parsed by hand; every child process runs without stdin so CI behaves the same.
 
+mod bench;
 mod demo;
 mod driver;
 mod env;
@@ -24,8 +25,12 @@ commands:
   build [--release]          build nomad-driver-bpfexec (bpf-linker on PATH) and refresh PLUGIN_DIR
   test [--e2e-only|--no-e2e] [-- <test args>]
                              setup, fmt, clippy, unit + privileged tests, build, e2e suite
-  demo                       run the demo
-  bench                      benchmarks (not implemented yet)
+  demo [--once] [--release]  start a Nomad agent with the driver on loopback, run examples/*.nomad.hcl
+                             and report; keeps running until Ctrl-C unless --once
+  bench [--debug] [--reps N] [--exec-reps N] [--tasks K] [--storm-execs N] [--storm-reps N]
+                             bpfexec vs exec vs raw_exec on one agent: start latency, helper
+                             memory per task, eBPF probe cost on an exec storm; writes
+                             target/bench/results.{json,md}
 ";
 
 fn main() -> ExitCode {
@@ -50,7 +55,7 @@ fn dispatch(args: &[String]) -> Result<()> {
         "build" => driver::run(rest),
         "test" => test::run(rest),
         "demo" => demo::run(rest),
-        "bench" => bail!("`cargo xtask bench` is not implemented yet"),
+        "bench" => bench::run(rest),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())
