@@ -50,6 +50,9 @@ fn log(msg: &str) {
 }
 
 fn run(dir: &Path) -> io::Result<()> {
+    // Leave the plugin's session and process group: the agent's terminal and its process-group
+    // signals must not reach the task.
+    nix::unistd::setsid().map_err(|e| io::Error::other(format!("setsid: {e}")))?;
     let spec: LaunchSpec = record::read_json(dir, SPEC_FILE)?
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "launch spec missing"))?;
     ignore_terminal_signals();

@@ -88,13 +88,14 @@ pub fn sanitize(task_id: &str) -> String {
         .collect()
 }
 
-/// Writes `value` as JSON to `dir/name` atomically (temp file, fsync, rename).
+/// Writes `value` as JSON to `dir/name` atomically (temp file, rename). No fsync: these files
+/// must survive the plugin process, not a machine crash (which ends the tasks too), and an fsync
+/// would sit on every task start.
 pub fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
     let data = serde_json::to_vec(value).map_err(io::Error::other)?;
     let mut file = fs::File::create(&tmp)?;
     file.write_all(&data)?;
-    file.sync_all()?;
     fs::rename(&tmp, dir.join(name))
 }
 

@@ -52,15 +52,9 @@ pub async fn launch(dir: &Path, spec: &LaunchSpec) -> Result<Launched, DriverErr
         .stdout(Stdio::piped())
         .stderr(log)
         .kill_on_drop(false);
-    // SAFETY: runs in the forked child before exec; setsid(2) is async-signal-safe and the
-    // closure touches no memory shared with other threads.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid()
-                .map(|_| ())
-                .map_err(std::io::Error::from)
-        });
-    }
+    // No pre_exec hook, so the standard library can spawn with posix_spawn (vfork-style), which
+    // is much cheaper than forking this multi-threaded process; the supervisor calls setsid(2)
+    // itself as its first act.
     let mut supervisor = cmd
         .spawn()
         .map_err(|e| DriverError::io("starting the task supervisor", e))?;

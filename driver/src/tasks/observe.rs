@@ -4,7 +4,8 @@
 //! task cgroup's OOM counter still give an honest answer.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bpfexec_proto::drivers;
 use tokio::sync::broadcast;
@@ -14,6 +15,9 @@ use crate::observer::{ExitReason, MainExit, Observer, ObserverError, TaskKey, Ta
 
 pub struct Observation {
     observer: OnceLock<Arc<Observer>>,
+    /// Tasks whose main process had already ended when tracking began: the probes never saw
+    /// their exit, so classifying them must not wait for it.
+    untracked: Mutex<HashSet<String>>,
     events: broadcast::Sender<drivers::DriverTaskEvent>,
 }
 
@@ -58,6 +62,7 @@ impl Observation {
     pub fn new(events: broadcast::Sender<drivers::DriverTaskEvent>) -> Self {
         Self {
             observer: OnceLock::new(),
+            untracked: Mutex::new(HashSet::new()),
             events,
         }
     }
@@ -95,7 +100,13 @@ impl Observation {
     pub fn track(&self, cfg: &drivers::TaskConfig, state: &DriverState) {
         let Some(obs) = self.observer() else { return };
         match obs.track(TaskKey::from_task_id(&state.task_id), meta(cfg, state)) {
-            Ok(_) | Err(ObserverError::MainGone { .. }) => {}
+            Ok(_) => {}
+            Err(ObserverError::MainGone { .. }) => {
+                self.untracked
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(state.task_id.clone());
+            }
             Err(e) => {
                 tracing::warn!(task_id = %state.task_id, error = %e, "the observer could not track the task");
             }
@@ -128,11 +139,15 @@ impl Observation {
         let Some(exit) = main_exit(&outcome) else {
             return outcome;
         };
+        let seen_by_probes = !self
+            .untracked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&state.task_id);
+        let key = TaskKey::from_task_id(&state.task_id);
         let reason = match self.observer() {
-            Some(obs) => Some(
-                obs.classify(TaskKey::from_task_id(&state.task_id), &exit)
-                    .await,
-            ),
+            Some(obs) if seen_by_probes => Some(obs.classify(key, &exit).await),
+            Some(obs) => Some(obs.classify_now(key, &exit)),
             None => None,
         };
         self.finish(cfg, state, outcome, reason, &exit)

@@ -34,7 +34,7 @@ use crate::probes::{ProbeSet, ProcessEvent};
 /// Notices a slow subscriber may fall behind by.
 const NOTICE_CAPACITY: usize = 256;
 /// How long `classify` waits for the main process's exit record to come out of the ring buffer.
-const CLASSIFY_WAIT: Duration = Duration::from_secs(1);
+const CLASSIFY_WAIT: Duration = Duration::from_millis(300);
 /// Unclaimed kernel facts records are deleted this long after their task ended.
 const FACTS_TTL_NS: u64 = 3_600_000_000_000;
 
