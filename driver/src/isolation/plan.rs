@@ -255,7 +255,28 @@ fn resolve_program(
             ),
         ));
     }
+    if let Some(interp) = shebang(&host)
+        && !view(&interp).is_some_and(|h| is_executable(&h))
+    {
+        return Err(refuse(
+            task,
+            format!(
+                "command {command:?} is a script whose interpreter {} does not exist (or is not executable) in the task's filesystem; fix its #! line or add the interpreter's directory to chroot_env",
+                interp.display()
+            ),
+        ));
+    }
     Ok(candidate)
+}
+
+/// The interpreter named on a script's `#!` line, if the file is a script.
+fn shebang(host: &Path) -> Option<PathBuf> {
+    let mut head = [0u8; 256];
+    let n = std::io::Read::read(&mut std::fs::File::open(host).ok()?, &mut head).ok()?;
+    let line = head[..n].strip_prefix(b"#!")?;
+    let line = line.split(|b| *b == b'\n').next()?;
+    let text = std::str::from_utf8(line).ok()?;
+    text.split_whitespace().next().map(PathBuf::from)
 }
 
 fn is_executable(path: &Path) -> bool {

@@ -13,12 +13,37 @@ use tokio::sync::broadcast;
 use super::state::{DriverState, Outcome};
 use crate::observer::{ExitReason, MainExit, Observer, ObserverError, TaskKey, TaskMeta};
 
+/// How long after Nomad's WaitTask held events are delivered.
+const RELEASE_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub struct Observation {
     observer: OnceLock<Arc<Observer>>,
     /// Tasks whose main process had already ended when tracking began: the probes never saw
     /// their exit, so classifying them must not wait for it.
     untracked: Mutex<HashSet<String>>,
+    outbox: Arc<Outbox>,
+}
+
+/// The way to Nomad's TaskEvents stream. Nomad drops events for allocations it has not
+/// registered yet, which is the case while it restores them (RecoverTask), so events of a
+/// recovered task are held until Nomad waits on it again.
+struct Outbox {
     events: broadcast::Sender<drivers::DriverTaskEvent>,
+    held: Mutex<std::collections::HashMap<String, Vec<drivers::DriverTaskEvent>>>,
+}
+
+impl Outbox {
+    fn send(&self, event: drivers::DriverTaskEvent) {
+        let mut held = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(queue) = held.get_mut(&event.task_id) {
+            queue.push(event);
+        } else {
+            let _ = self.events.send(event);
+        }
+    }
 }
 
 /// A Nomad task event for the TaskEvents stream.
@@ -63,19 +88,22 @@ impl Observation {
         Self {
             observer: OnceLock::new(),
             untracked: Mutex::new(HashSet::new()),
-            events,
+            outbox: Arc::new(Outbox {
+                events,
+                held: Mutex::new(std::collections::HashMap::new()),
+            }),
         }
     }
 
     /// Installs the observer (once the probes are loaded) and forwards its notices as task events.
     pub fn attach(&self, observer: Arc<Observer>) {
         let mut notices = observer.notices();
-        let events = self.events.clone();
+        let outbox = Arc::clone(&self.outbox);
         tokio::spawn(async move {
             loop {
                 match notices.recv().await {
                     Ok(n) => {
-                        let _ = events.send(task_event(
+                        outbox.send(task_event(
                             &n.task_id,
                             &n.alloc_id,
                             &n.task_name,
@@ -91,6 +119,24 @@ impl Observation {
             }
         });
         let _ = self.observer.set(observer);
+    }
+
+    /// Nomad waits on the task again (after recovery): deliver what was held, a moment later so
+    /// the restored allocation is registered for events by then.
+    pub fn release(&self, task_id: &str) {
+        let outbox = Arc::clone(&self.outbox);
+        let task_id = task_id.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(RELEASE_DELAY).await;
+            let queued = outbox
+                .held
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&task_id);
+            for event in queued.unwrap_or_default() {
+                let _ = outbox.events.send(event);
+            }
+        });
     }
 
     pub fn observer(&self) -> Option<&Arc<Observer>> {
@@ -114,6 +160,12 @@ impl Observation {
     }
 
     pub fn recover(&self, cfg: &drivers::TaskConfig, state: &DriverState) {
+        self.outbox
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(state.task_id.clone())
+            .or_default();
         let Some(obs) = self.observer() else { return };
         if let Err(e) = obs.recover(TaskKey::from_task_id(&state.task_id), meta(cfg, state)) {
             tracing::warn!(task_id = %state.task_id, error = %e, "the observer could not recover the task");
@@ -195,7 +247,7 @@ impl Observation {
             ),
         };
         let (_, message, annotations) = reason.to_nomad();
-        let _ = self.events.send(task_event(
+        self.outbox.send(task_event(
             &state.task_id,
             &cfg.alloc_id,
             &cfg.name,

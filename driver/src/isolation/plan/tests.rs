@@ -179,3 +179,29 @@ fn host_modes_and_volumes() {
     );
     assert_eq!(spec.cwd, PathBuf::from("/local"));
 }
+
+#[test]
+fn scripts_with_a_missing_interpreter_are_refused_by_name() {
+    let a = alloc();
+    let script = a.path().join("web/local/run.sh");
+    std::fs::write(&script, "#!/no/such/interp -x\necho\n").expect("write");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let err = run(
+        &nomad(a.path()),
+        &task("/local/run.sh"),
+        &PluginConfig::default(),
+    )
+    .expect_err("refused")
+    .to_string();
+    assert!(err.contains("/no/such/interp"), "{err}");
+    std::fs::write(&script, "#!/bin/sh\necho\n").expect("write");
+    assert!(
+        run(
+            &nomad(a.path()),
+            &task("/local/run.sh"),
+            &PluginConfig::default()
+        )
+        .is_ok()
+    );
+}

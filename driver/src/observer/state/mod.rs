@@ -67,10 +67,18 @@ pub(crate) struct TaskState {
     created_ns: u64,
 }
 
+/// How many forgotten tasks are remembered for naming signal senders.
+const DEPARTED_KEPT: usize = 1024;
+/// Process name of the plugin and its helpers, for signals the driver sends.
+const DRIVER_COMM: &str = "nomad-driver-bpfexec";
+
 /// The observer's mutable state.
 pub struct ObserverState {
     config: ObserverConfig,
     tasks: HashMap<TaskKey, TaskState>,
+    /// Who forgotten tasks were (most recent last, bounded): a task that signalled another one
+    /// and was destroyed before the victim's end is classified must still be named.
+    departed: std::collections::VecDeque<(TaskKey, TaskMeta)>,
     driver_pids: HashSet<u32>,
     own_comm: String,
     proc: Arc<dyn ProcSource>,
@@ -94,6 +102,7 @@ impl ObserverState {
         Self {
             config,
             tasks: HashMap::new(),
+            departed: std::collections::VecDeque::new(),
             driver_pids,
             own_comm,
             proc,
@@ -202,7 +211,25 @@ impl ObserverState {
 
     /// Stops following a task.
     pub fn forget(&mut self, key: TaskKey) {
-        self.tasks.remove(&key);
+        if let Some(meta) = self.tasks.remove(&key).and_then(|t| t.meta) {
+            if self.departed.len() >= DEPARTED_KEPT {
+                self.departed.pop_front();
+            }
+            self.departed.push_back((key, meta));
+        }
+    }
+
+    fn meta_of(&self, key: TaskKey) -> Option<&TaskMeta> {
+        self.tasks
+            .get(&key)
+            .and_then(|t| t.meta.as_ref())
+            .or_else(|| {
+                self.departed
+                    .iter()
+                    .rev()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, m)| m)
+            })
     }
 
     /// Task keys the driver registered.
@@ -237,10 +264,7 @@ impl ObserverState {
                 SenderClass::SameTask
             }
         } else if s.sender_task != 0 {
-            let meta = self
-                .tasks
-                .get(&TaskKey(s.sender_task))
-                .and_then(|t| t.meta.as_ref());
+            let meta = self.meta_of(TaskKey(s.sender_task));
             SenderClass::OtherAllocation {
                 alloc_id: meta.map_or_else(|| "unknown".to_owned(), |m| m.alloc_id.clone()),
                 task_name: meta.map_or_else(|| "unknown".to_owned(), |m| m.task_name.clone()),
@@ -252,9 +276,16 @@ impl ObserverState {
         } else {
             SenderClass::Host
         };
+        // The probes see the sending thread's name (a tokio worker for the plugin); name the
+        // driver's process instead.
+        let comm = if class == SenderClass::Driver {
+            DRIVER_COMM.to_owned()
+        } else {
+            s.sender_comm.clone()
+        };
         Sender {
             pid: s.sender_pid,
-            comm: s.sender_comm.clone(),
+            comm,
             uid: Some(s.sender_uid),
             class,
             code: s.code,
