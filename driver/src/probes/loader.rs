@@ -292,26 +292,39 @@ async fn pump(
 ) {
     subscribed.notified().await;
     loop {
-        let mut guard = match ring.readable_mut().await {
-            Ok(guard) => guard,
-            Err(e) => {
+        // The probes wake us only when the ring fills up; drain it on a short timer as well.
+        match tokio::time::timeout(DRAIN_PERIOD, ring.readable_mut()).await {
+            Ok(Ok(mut guard)) => {
+                drain(guard.get_inner_mut(), &events, &counters);
+                guard.clear_ready();
+            }
+            Ok(Err(e)) => {
                 tracing::error!(error = %e, "eBPF ring buffer poll failed; process events stop");
                 return;
             }
-        };
-        let buf = guard.get_inner_mut();
-        while let Some(item) = buf.next() {
-            counters.received.fetch_add(1, Ordering::Relaxed);
-            match ProcessEvent::decode(&item) {
-                // No subscriber is not an error: events are only of interest while someone listens.
-                Ok(event) => drop(events.send(event)),
-                Err(e) => {
-                    counters.malformed.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %e, "malformed eBPF record dropped");
-                }
+            Err(_) => drain(ring.get_mut(), &events, &counters),
+        }
+    }
+}
+
+/// How often the ring buffer is read when the probes did not ask for a wake-up.
+const DRAIN_PERIOD: std::time::Duration = std::time::Duration::from_millis(10);
+
+fn drain(
+    buf: &mut RingBuf<MapData>,
+    events: &broadcast::Sender<ProcessEvent>,
+    counters: &Counters,
+) {
+    while let Some(item) = buf.next() {
+        counters.received.fetch_add(1, Ordering::Relaxed);
+        match ProcessEvent::decode(&item) {
+            // No subscriber is not an error: events are only of interest while someone listens.
+            Ok(event) => drop(events.send(event)),
+            Err(e) => {
+                counters.malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "malformed eBPF record dropped");
             }
         }
-        guard.clear_ready();
     }
 }
 
