@@ -134,7 +134,11 @@ fn submit_flags() -> u64 {
     const AVAIL_DATA: u64 = 0;
     const NO_WAKEUP: u64 = 1;
     const FORCE_WAKEUP: u64 = 2;
-    if EVENTS.query(AVAIL_DATA) >= u64::from(EVENTS_BYTES) / 4 { FORCE_WAKEUP } else { NO_WAKEUP }
+    if EVENTS.query(AVAIL_DATA) >= u64::from(EVENTS_BYTES) / 4 {
+        FORCE_WAKEUP
+    } else {
+        NO_WAKEUP
+    }
 }
 
 #[inline(always)]
