@@ -12,22 +12,24 @@
     reason = "a test: failures should panic loudly, and the scenarios read best in one piece"
 )]
 
+mod support;
+
 use std::{
     collections::BTreeMap,
     fs,
-    io::Write as _,
     os::unix::{fs::PermissionsExt as _, process::ExitStatusExt as _},
     path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, ExitStatus, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
+use support::{PinRoot, Reaper, go, have_root, spawn_gated};
 
 use bpfexec_driver::{
     observer::{
         ExitReason, MainExit, Observer, ObserverConfig, OomScope, SenderClass, TaskKey, TaskMeta,
     },
-    probes::{Pinning, ProbeOptions, ProbeSet, pin},
+    probes::Pinning,
 };
 use nix::{sys::signal::Signal, unistd::Pid};
 
@@ -36,69 +38,6 @@ const LIMIT: u64 = 32 << 20;
 
 /// The tests share the kernel's tracking state of this process's children: run them one by one.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn have_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test} needs root (CAP_BPF/CAP_PERFMON/CAP_SYS_ADMIN) and CI=true forbids skipping"
-    );
-    println!("SKIP {test}: not root");
-    false
-}
-
-/// A bpffs pin root that is removed (unpinning links and maps) when dropped.
-struct PinRoot(PathBuf);
-
-impl PinRoot {
-    fn new(tag: &str) -> Self {
-        let p = PathBuf::from(format!(
-            "/sys/fs/bpf/bpfexec-test-{}-{tag}",
-            std::process::id()
-        ));
-        let _ = pin::remove_all(&p);
-        Self(p)
-    }
-
-    fn load(&self) -> Arc<ProbeSet> {
-        Arc::new(ProbeSet::load_with(&ProbeOptions::pinned_at(&self.0)).expect("loading probes"))
-    }
-}
-
-impl Drop for PinRoot {
-    fn drop(&mut self) {
-        let _ = pin::remove_all(&self.0);
-    }
-}
-
-/// Processes this test started, killed (by PID) when dropped.
-#[derive(Default)]
-struct Reaper(Vec<u32>);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for pid in &self.0 {
-            let _ = nix::sys::signal::kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
-        }
-    }
-}
-
-/// `/bin/sh -c 'read go; <script>'`: the script starts only after `go`, once tracked.
-fn spawn_gated(script: &str) -> (Child, ChildStdin) {
-    let mut child = Command::new("/bin/sh")
-        .args(["-c", &format!("read go; {script}")])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("spawning sh");
-    let stdin = child.stdin.take().expect("stdin");
-    (child, stdin)
-}
-
-fn go(mut stdin: ChildStdin) {
-    stdin.write_all(b"go\n").expect("writing go");
-}
 
 fn stat_of(pid: u32) -> Option<(u32, u64)> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -16,79 +16,26 @@
     reason = "a test: failures should panic loudly, and the scenario reads best in one piece"
 )]
 
+mod support;
+
 use std::{
     collections::BTreeMap,
     fs,
     io::Write as _,
-    path::PathBuf,
-    process::{Child, ChildStdin, Command, Stdio},
+    process::Command,
     sync::Arc,
     time::{Duration, Instant},
 };
+use support::{PinRoot, Reaper, have_root, spawn_gated};
 
 use bpfexec_driver::{
     observer::{Observer, ObserverConfig, ProcessTree, TaskKey, TaskMeta},
-    probes::{ProbeOptions, ProbeSet, pin},
+    probes::{ProbeOptions, ProbeSet},
 };
 use nix::{sys::signal::Signal, unistd::Pid};
 
 /// Short processes of the storm task.
 const STORM: u32 = 2000;
-
-fn have_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test} needs root (CAP_BPF/CAP_PERFMON/CAP_SYS_ADMIN) and CI=true forbids skipping"
-    );
-    println!("SKIP {test}: not root");
-    false
-}
-
-/// A bpffs pin root that is removed (unpinning links and maps) when dropped.
-struct PinRoot(PathBuf);
-
-impl PinRoot {
-    fn new() -> Self {
-        let p = PathBuf::from(format!(
-            "/sys/fs/bpf/bpfexec-test-{}-tree-ps",
-            std::process::id()
-        ));
-        let _ = pin::remove_all(&p);
-        Self(p)
-    }
-}
-
-impl Drop for PinRoot {
-    fn drop(&mut self) {
-        let _ = pin::remove_all(&self.0);
-    }
-}
-
-/// Processes this test started, killed (by PID) when dropped.
-#[derive(Default)]
-struct Reaper(Vec<u32>);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for pid in &self.0 {
-            let _ = nix::sys::signal::kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
-        }
-    }
-}
-
-/// `/bin/sh -c 'read go; <script>'`: the script starts only after `go`, once tracked.
-fn spawn_gated(script: &str) -> (Child, ChildStdin) {
-    let mut child = Command::new("/bin/sh")
-        .args(["-c", &format!("read go; {script}")])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("spawning sh");
-    let stdin = child.stdin.take().expect("stdin");
-    (child, stdin)
-}
 
 fn start_time_ticks(pid: u32) -> u64 {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -240,7 +187,7 @@ async fn tree_matches_ps_and_nothing_is_lost() {
     if !have_root("tree_matches_ps_and_nothing_is_lost") {
         return;
     }
-    let pins = PinRoot::new();
+    let pins = PinRoot::new("tree-ps");
     let probes = Arc::new(
         ProbeSet::load_with(&ProbeOptions::pinned_at(&pins.0)).expect("loading the probes"),
     );
