@@ -82,7 +82,7 @@ fn wait_members(cg: &TaskCgroups, n: usize) -> Vec<u32> {
 }
 
 fn check_place_and_kill(cg: &TaskCgroups) {
-    let procs = cg.procs_files();
+    let procs = cg.join_files();
     assert!(!procs.is_empty(), "the test cgroup must exist");
     let mut child = spawn_in(procs[0].clone());
     let members = wait_members(cg, 2);

@@ -34,7 +34,7 @@ pub struct PlanInput<'a> {
     pub plugin: &'a PluginConfig,
     /// This task's state directory (the sandbox root is created inside it).
     pub state_dir: &'a Path,
-    pub cgroup_procs: Vec<PathBuf>,
+    pub cgroup_join: Vec<PathBuf>,
 }
 
 pub fn plan(input: &PlanInput<'_>) -> Result<LaunchSpec, DriverError> {
@@ -124,7 +124,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<LaunchSpec, DriverError> {
         cwd,
         stdout_path: PathBuf::from(&nomad.stdout_path),
         stderr_path: PathBuf::from(&nomad.stderr_path),
-        cgroup_procs: input.cgroup_procs.clone(),
+        cgroup_join: input.cgroup_join.clone(),
         oom_score_adj: Some(task.oom_score_adj.unwrap_or(0)),
         pid_ns,
         sandbox,

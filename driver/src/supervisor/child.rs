@@ -37,7 +37,7 @@ fn prepare(spec: &LaunchSpec) -> io::Result<()> {
     // from the agent's terminal reaches it.
     nix::unistd::setsid().map_err(io::Error::from)?;
     reset_signals();
-    for file in &spec.cgroup_procs {
+    for file in &spec.cgroup_join {
         join_cgroup(file)?;
     }
     if let Some(adj) = spec.oom_score_adj {
@@ -72,21 +72,21 @@ fn reset_signals() {
     }
 }
 
-pub fn join_cgroup(procs_file: &Path) -> io::Result<()> {
+pub fn join_cgroup(join_file: &Path) -> io::Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
-        .open(procs_file)
+        .open(join_file)
         .map_err(|e| {
             io::Error::new(
                 e.kind(),
-                format!("cannot open {}: {e}", procs_file.display()),
+                format!("cannot open {}: {e}", join_file.display()),
             )
         })?;
     // "0" means the writing process itself.
     file.write_all(b"0").map_err(|e| {
         io::Error::new(
             e.kind(),
-            format!("cannot join cgroup {}: {e}", procs_file.display()),
+            format!("cannot join cgroup {}: {e}", join_file.display()),
         )
     })
 }

@@ -54,7 +54,7 @@ fn run(args: &[OsString]) -> io::Result<i32> {
     let (program, rest) = command.split_first().ok_or_else(usage)?;
     let spec: LaunchSpec = record::read_json(&dir, SPEC_FILE)?
         .ok_or_else(|| io::Error::other("the task's launch spec is missing"))?;
-    for file in &spec.cgroup_procs {
+    for file in &spec.cgroup_join {
         child::join_cgroup(file)?;
     }
     if let Some(sb) = &spec.sandbox {

@@ -24,8 +24,10 @@ pub struct LaunchSpec {
     /// Log FIFOs Nomad created (or /dev/null when logs are disabled), host paths.
     pub stdout_path: PathBuf,
     pub stderr_path: PathBuf,
-    /// `cgroup.procs` files the task process joins before it execs the command.
-    pub cgroup_procs: Vec<PathBuf>,
+    /// Files the task process writes "0" to, to join its cgroups before it execs the command
+    /// (v1 `tasks`, v2 `cgroup.procs`; specs of older versions named `cgroup.procs` on v1 too).
+    #[serde(alias = "cgroup_procs")]
+    pub cgroup_join: Vec<PathBuf>,
     /// Value for `/proc/self/oom_score_adj`.
     pub oom_score_adj: Option<i32>,
     /// Run the task in a new pid namespace, under a small init that reaps and reports.

@@ -29,6 +29,8 @@ fn helper(task: &Task, command: &[String], tty: bool) -> tokio::process::Command
         .arg(if tty { "1" } else { "0" })
         .arg("--")
         .args(command)
+        // The helper takes the task's environment from its spec.
+        .env_clear()
         .kill_on_drop(true);
     cmd
 }

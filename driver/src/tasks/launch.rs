@@ -48,6 +48,10 @@ pub async fn launch(dir: &Path, spec: &LaunchSpec) -> Result<Launched, DriverErr
     cmd.arg0("nomad-driver-bpfexec")
         .arg(SUPERVISE_ARG)
         .arg(dir)
+        // The supervisor reads nothing from its environment and gives the task the one in the
+        // spec; the plugin's own (a long LD_LIBRARY_PATH under cargo, say) would only slow the
+        // dynamic loader down.
+        .env_clear()
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)

@@ -174,9 +174,9 @@ impl TaskManager {
             task: &task_cfg,
             plugin: &ctx.plugin,
             state_dir: &dir,
-            cgroup_procs: cgroups
+            cgroup_join: cgroups
                 .as_ref()
-                .map(TaskCgroups::procs_files)
+                .map(TaskCgroups::join_files)
                 .unwrap_or_default(),
         })?;
         if let Some(cg) = &cgroups {

@@ -36,6 +36,17 @@ impl AgentLog {
         )
     }
 
+    /// bpfexec's own measure of a task of `alloc`: µs from StartTask received to the supervisor
+    /// reporting the command exec'd (monotonic clock, the `start_us` field of its log line).
+    pub fn bpfexec_start_us(&self, alloc: &str) -> Option<f64> {
+        let line =
+            self.0.lines().rev().find(|l| {
+                l.contains("StartTask done") && l.contains(&format!("task_id={alloc}/"))
+            })?;
+        let value = line.split("start_us=").nth(1)?.split_whitespace().next()?;
+        value.trim_matches('"').parse().ok()
+    }
+
     /// When bpfexec logged "task started" for a task of `alloc`.
     pub fn bpfexec_task_started(&self, alloc: &str) -> Option<i64> {
         last_timestamp(&self.0, &["task started", &format!("task_id={alloc}/")])

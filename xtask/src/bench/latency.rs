@@ -29,12 +29,13 @@ pub struct Sample {
     pub running_to_started_event_ms: f64,
     pub driver_log_to_running_ms: Option<f64>,
     pub state_dir_to_running_ms: Option<f64>,
+    pub driver_start_task_ms: Option<f64>,
 }
 
 /// The metrics, in report order: (key, description, getter).
 pub type Metric = (&'static str, &'static str, fn(&Sample) -> Option<f64>);
 
-pub const METRICS: [Metric; 6] = [
+pub const METRICS: [Metric; 7] = [
     (
         "received_to_running_ms",
         "Received event → command running (all of Nomad's task start, incl. exec's chroot)",
@@ -54,6 +55,11 @@ pub const METRICS: [Metric; 6] = [
         "state_dir_to_running_ms",
         "bpfexec: task state dir created in StartTask → command running (file clock is jiffy-coarse: true value up to 4 ms less)",
         |s| s.state_dir_to_running_ms,
+    ),
+    (
+        "driver_start_task_ms",
+        "bpfexec: StartTask received → supervisor reports the command exec'd (driver's monotonic clock, µs precision)",
+        |s| s.driver_start_task_ms,
     ),
     (
         "running_to_started_event_ms",
@@ -112,6 +118,9 @@ pub fn sample(agent: &Agent, driver: Driver, index: usize) -> Result<Sample> {
             .then(|| log.bpfexec_task_started(&alloc.id).map(|t| ms(t, running)))
             .flatten(),
         state_dir_to_running_ms: state_dir_born.map(|t| ms(t, running)),
+        driver_start_task_ms: (driver == Driver::Bpfexec)
+            .then(|| log.bpfexec_start_us(&alloc.id).map(|us| us / 1000.0))
+            .flatten(),
     };
     jobs::purge_and_gc(agent, &[job], Duration::from_secs(120))?;
     Ok(sample)

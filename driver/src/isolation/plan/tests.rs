@@ -52,7 +52,7 @@ fn run(
         task: t,
         plugin: p,
         state_dir: Path::new("/run/bpfexec/tasks/x"),
-        cgroup_procs: vec![],
+        cgroup_join: vec![],
     })
 }
 
