@@ -259,6 +259,7 @@ impl Driver for DriverService {
         let task = self.rt.tasks.get(&req.task_id)?;
         let interval = duration(req.collection_interval.as_ref()).max(Duration::from_millis(100));
         let mhz = self.rt.configured().map_or(0.0, |c| c.compute.mhz_per_core);
+        let observation = Arc::clone(&self.rt.tasks.observation);
         Ok(Response::new(stream_from(move |tx| async move {
             let mut sampler = crate::stats::Sampler::new(mhz);
             let mut ticker = tokio::time::interval(interval);
@@ -270,7 +271,8 @@ impl Driver for DriverService {
                 if !task.is_running() {
                     return;
                 }
-                let pids = task.pids();
+                // Per-pid usage covers every process the probes attribute to the task.
+                let pids = observation.pids_of(&task);
                 let stats = sampler.sample(&task.state.task_id, task.state.cgroups.as_ref(), &pids);
                 if tx
                     .send(Ok(drivers::TaskStatsResponse { stats: Some(stats) }))

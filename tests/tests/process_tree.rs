@@ -214,18 +214,18 @@ fn tree_matches_ps(agent: &mut Agent) -> Result<()> {
     Ok(())
 }
 
-/// The exec history covers the task from its start: the execs of the chain's three levels,
-/// which happen within milliseconds of the task's start, and their fork times.
+/// The exec history covers the task from its start (the task's process registers itself with
+/// the probes before its exec): the main process's own exec and the execs of the chain's three
+/// levels, which happen within milliseconds of the task's start, and their fork times.
 fn exec_history_from_start(agent: &mut Agent) -> Result<()> {
-    if !bpfexec_e2e::env::known_gaps() {
-        bpfexec_e2e::env::announce_gap(
-            "exec history and fork times of what a task does before the driver starts tracking it",
-        );
-        return Ok(());
-    }
     let (job_id, alloc, tree) = start_chain(agent, "tree-start")?;
     let depth = depths(&tree)?;
     let mut missing = Vec::new();
+    if let Some(main) = depth.get(&0)
+        && !tree.execs.iter().any(|e| e.pid == *main)
+    {
+        missing.push(format!("the main process's exec (pid {main})"));
+    }
     for (level, want) in [(1, "sh"), (2, "sh"), (3, "sleep")] {
         let Some(pid) = depth.get(&level).copied() else {
             missing.push(format!("no level {level}"));

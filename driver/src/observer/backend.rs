@@ -26,6 +26,10 @@ pub trait KernelBackend: Send + Sync {
     fn lost_events(&self) -> Result<u64, ProbeError>;
     /// Records read from the ring buffer.
     fn events_received(&self) -> u64;
+    /// Where the state maps are pinned, so a task's own process can register itself.
+    fn pinned_maps_dir(&self) -> Option<std::path::PathBuf> {
+        None
+    }
 }
 
 impl KernelBackend for ProbeSet {
@@ -64,6 +68,9 @@ impl KernelBackend for ProbeSet {
     }
     fn events_received(&self) -> u64 {
         ProbeSet::events_received(self)
+    }
+    fn pinned_maps_dir(&self) -> Option<std::path::PathBuf> {
+        ProbeSet::pinned_maps_dir(self).map(std::path::Path::to_path_buf)
     }
 }
 

@@ -38,6 +38,38 @@ fn removed(r: Result<(), MapError>) -> Result<(), MapError> {
     }
 }
 
+/// Registers process `pid` as the main process of task `key` in the maps pinned under
+/// `maps_dir`, from outside the driver process: a task's own process calls this between fork and
+/// exec, so the probes see its exec and every process it starts. Writes the facts record first
+/// (so the probes keep it from the first event on), then the `TRACKED` entry.
+pub fn register_pinned(
+    maps_dir: &std::path::Path,
+    key: u64,
+    pid: u32,
+    now_ns: u64,
+) -> Result<(), ProbeError> {
+    let open = |name: &'static str| {
+        MapData::from_pin(maps_dir.join(name))
+            .map(aya::maps::Map::HashMap)
+            .map_err(|e| ProbeError::map(name, e))
+    };
+    let mut facts: HashMap<MapData, u64, TaskFacts> =
+        HashMap::try_from(open(MAP_FACTS)?).map_err(|e| ProbeError::map(MAP_FACTS, e))?;
+    let record = TaskFacts {
+        main_pid: pid,
+        tracked_ktime_ns: now_ns,
+        ..TaskFacts::default()
+    };
+    facts
+        .insert(key, record, 0)
+        .map_err(|e| ProbeError::map(MAP_FACTS, e))?;
+    let mut tracked: HashMap<MapData, u32, u64> =
+        HashMap::try_from(open(MAP_TRACKED)?).map_err(|e| ProbeError::map(MAP_TRACKED, e))?;
+    tracked
+        .insert(pid, key, 0)
+        .map_err(|e| ProbeError::map(MAP_TRACKED, e))
+}
+
 impl KernelMaps {
     pub(crate) fn take(ebpf: &mut aya::Ebpf) -> Result<Self, ProbeError> {
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(ProbeError::MissingMap(name));

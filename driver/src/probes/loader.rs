@@ -235,6 +235,12 @@ impl ProbeSet {
         &self.pinning
     }
 
+    /// `<pin root>/v<N>/maps` when the state maps are pinned.
+    #[must_use]
+    pub fn pinned_maps_dir(&self) -> Option<&std::path::Path> {
+        self._pins.as_ref().map(|p| p.maps.as_path())
+    }
+
     /// The state maps (`TRACKED`, `THREADS`, `FACTS`, `LOST`).
     #[must_use]
     pub fn kernel(&self) -> &KernelMaps {

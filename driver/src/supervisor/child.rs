@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::record::{self, ExitRecord};
-use super::spec::LaunchSpec;
+use super::spec::{LaunchSpec, SelfTrack};
 use super::{privileges, sandbox};
 
 pub fn spawn(spec: &LaunchSpec) -> io::Result<std::process::Child> {
@@ -40,6 +40,11 @@ fn prepare(spec: &LaunchSpec) -> io::Result<()> {
     for file in &spec.cgroup_join {
         join_cgroup(file)?;
     }
+    if let Some(track) = &spec.self_track {
+        // Best effort: if it fails, the plugin registers the process right after the start and
+        // only what happened before that is missed.
+        let _ = register_with_probes(track);
+    }
     if let Some(adj) = spec.oom_score_adj {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string())
             .map_err(|e| io::Error::new(e.kind(), format!("setting oom_score_adj {adj}: {e}")))?;
@@ -54,6 +59,18 @@ fn prepare(spec: &LaunchSpec) -> io::Result<()> {
         spec.caps.as_deref(),
         spec.no_new_privs,
     )
+}
+
+/// Registers this process (its host pid: /proc is still the host's here, even in a new pid
+/// namespace) with the probes, before the sandbox hides bpffs and before the exec.
+fn register_with_probes(track: &SelfTrack) -> io::Result<()> {
+    let pid: u32 = std::fs::read_link("/proc/self")?
+        .to_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| io::Error::other("/proc/self is not a pid"))?;
+    let now_ns = crate::observer::monotonic_ns();
+    crate::probes::kernel::register_pinned(&track.maps_dir, track.key, pid, now_ns)
+        .map_err(io::Error::other)
 }
 
 fn reset_signals() {

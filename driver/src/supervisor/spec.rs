@@ -8,6 +8,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::isolation::identity::Identity;
 
+/// What a task's process needs to register itself with the probes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SelfTrack {
+    /// `<pin root>/v<N>/maps`, holding `TRACKED` and `FACTS`.
+    pub maps_dir: PathBuf,
+    /// The task's key in those maps.
+    pub key: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LaunchSpec {
     /// Nomad task id, for log lines.
@@ -28,6 +37,11 @@ pub struct LaunchSpec {
     /// (v1 `tasks`, v2 `cgroup.procs`; specs of older versions named `cgroup.procs` on v1 too).
     #[serde(alias = "cgroup_procs")]
     pub cgroup_join: Vec<PathBuf>,
+    /// The probes' pinned maps, where the task's process registers itself before it execs so
+    /// its exec and everything it forks are seen from the first instruction; None when the
+    /// probes are not loaded or not pinned (the plugin then registers it after the start).
+    #[serde(default)]
+    pub self_track: Option<SelfTrack>,
     /// Value for `/proc/self/oom_score_adj`.
     pub oom_score_adj: Option<i32>,
     /// Run the task in a new pid namespace, under a small init that reaps and reports.

@@ -23,8 +23,10 @@ use crate::config::plugin::PluginConfig;
 use crate::config::task::TaskConfig;
 use crate::errors::DriverError;
 use crate::isolation::plan;
+use crate::observer::TaskKey;
 use crate::procfs::{self, PidFd};
 use crate::supervisor::record::{self, task_state_dir};
+use crate::supervisor::spec::SelfTrack;
 use state::{DriverState, Outcome, STATE_VERSION};
 
 /// One task as the plugin sees it.
@@ -169,7 +171,7 @@ impl TaskManager {
             TaskCgroups::for_task(mode, &ctx.cgroup_root, &cpuset, &cfg.alloc_id, &cfg.name)
         });
         let dir = task_state_dir(&ctx.plugin.state_dir, &cfg.id);
-        let spec = plan::plan(&plan::PlanInput {
+        let mut spec = plan::plan(&plan::PlanInput {
             nomad: &cfg,
             task: &task_cfg,
             plugin: &ctx.plugin,
@@ -179,6 +181,14 @@ impl TaskManager {
                 .map(TaskCgroups::join_files)
                 .unwrap_or_default(),
         })?;
+        spec.self_track = self
+            .observation
+            .observer()
+            .and_then(|o| o.pinned_maps_dir())
+            .map(|maps_dir| SelfTrack {
+                maps_dir,
+                key: TaskKey::from_task_id(&cfg.id).get(),
+            });
         if let Some(cg) = &cgroups {
             limits::apply(cg, &Limits::from_resources(cfg.resources.as_ref())).map_err(|e| {
                 DriverError::Start {

@@ -143,6 +143,20 @@ impl Observation {
         self.observer.get()
     }
 
+    /// The task's processes: its cgroup's (or process group's) members plus every live process
+    /// the probes attribute to it by lineage, which includes any that left both.
+    pub fn pids_of(&self, task: &super::Task) -> Vec<u32> {
+        let mut pids = task.pids();
+        if let Some(obs) = self.observer() {
+            for pid in obs.pids(TaskKey::from_task_id(&task.state.task_id)) {
+                if !pids.contains(&pid) {
+                    pids.push(pid);
+                }
+            }
+        }
+        pids
+    }
+
     pub fn track(&self, cfg: &drivers::TaskConfig, state: &DriverState) {
         let Some(obs) = self.observer() else { return };
         match obs.track(TaskKey::from_task_id(&state.task_id), meta(cfg, state)) {

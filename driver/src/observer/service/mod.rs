@@ -253,6 +253,11 @@ impl Observer {
         }
     }
 
+    /// Where a task's process can register itself with the probes (pinned maps only).
+    pub fn pinned_maps_dir(&self) -> Option<PathBuf> {
+        self.backend.pinned_maps_dir()
+    }
+
     fn on_event(&self, ev: &ProcessEvent) {
         let keys: [u64; 1] = [match ev {
             ProcessEvent::Signal { target_task, .. } => *target_task,

@@ -53,7 +53,10 @@ impl Observer {
         }
         self.backend.track_pid(meta.main_pid, key.0).map_err(&err)?;
         self.track_threads(meta.main_pid).map_err(&err)?;
-        let before_exec = self.is_pre_exec(meta.main_pid);
+        // Facts naming this main process on the first tracking were written by the process
+        // itself between fork and exec (see `supervisor::child`): it was seen from the start.
+        let self_registered = existing.is_some_and(|f| f.main_pid == meta.main_pid);
+        let before_exec = self_registered || self.is_pre_exec(meta.main_pid);
         let main = meta.main_pid;
         self.register(key, meta.clone(), before_exec);
         lock(&self.state).seed(key, main, stat.ppid, monotonic_ns());
