@@ -116,7 +116,7 @@ pub struct ProbeSet {
     attached: Vec<&'static str>,
     pinning: Pinning,
     // Holds the pin directory lock while the probes live.
-    _pins: Option<Pins>,
+    pins: Option<Pins>,
     events: broadcast::Sender<ProcessEvent>,
     subscribed: Arc<Notify>,
     counters: Arc<Counters>,
@@ -205,7 +205,7 @@ impl ProbeSet {
             maps,
             attached,
             pinning,
-            _pins: pins,
+            pins,
             events,
             subscribed,
             counters,
@@ -238,7 +238,7 @@ impl ProbeSet {
     /// `<pin root>/v<N>/maps` when the state maps are pinned.
     #[must_use]
     pub fn pinned_maps_dir(&self) -> Option<&std::path::Path> {
-        self._pins.as_ref().map(|p| p.maps.as_path())
+        self.pins.as_ref().map(|p| p.maps.as_path())
     }
 
     /// The state maps (`TRACKED`, `THREADS`, `FACTS`, `LOST`).
