@@ -86,15 +86,3 @@ pub fn free_ports(n: usize) -> Result<Vec<u16>> {
 pub fn keep_temp_dirs() -> bool {
     std::env::var(KEEP_ENV).is_ok_and(|v| v == "1" || v == "true")
 }
-
-/// `BPFEXEC_E2E_KNOWN_GAPS=1` also runs the checks of behaviour the driver does not have yet
-/// (listed as open work on the issue tracker); without it they are announced, not run.
-#[must_use]
-pub fn known_gaps() -> bool {
-    std::env::var("BPFEXEC_E2E_KNOWN_GAPS").is_ok_and(|v| v == "1")
-}
-
-/// Prints that a known gap was not checked in this run.
-pub fn announce_gap(what: &str) {
-    println!("KNOWN GAP (not checked; set BPFEXEC_E2E_KNOWN_GAPS=1 to check it): {what}");
-}

@@ -157,19 +157,14 @@ fn reasons_while_driver_down(agent: &mut Agent) -> Result<()> {
         expect_exit_result(term, 137, 9, true).and_then(|()| {
             let ev = ev.as_ref().context("no driver exit-reason event")?;
             let victim = oom.pid.to_string();
-            let mut want = vec![
+            let want = [
                 ("reason", "oom_killed"),
                 ("victim_pid", victim.as_str()),
                 ("victim_comm", "perl"),
                 ("victim_is_main", "true"),
+                ("oom_scope", "cgroup"),
+                ("oom_cgroup", cgroup.as_str()),
             ];
-            if bpfexec_e2e::env::known_gaps() {
-                want.extend([("oom_scope", "cgroup"), ("oom_cgroup", cgroup.as_str())]);
-            } else {
-                bpfexec_e2e::env::announce_gap(
-                    "OOM scope of a kill that happened while the driver was down",
-                );
-            }
             expect_details(ev, &want)
         }),
     );

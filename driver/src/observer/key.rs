@@ -47,6 +47,9 @@ pub struct TaskMeta {
     pub main_start_time: u64,
     /// The task's supervisor process, whose signals count as the driver's.
     pub supervisor_pid: Option<u32>,
+    /// Host path of the task's memory cgroup, for when its main process is already gone (a
+    /// task recovered after it ended while the driver was down).
+    pub memcg_dir: Option<std::path::PathBuf>,
 }
 
 impl TaskMeta {

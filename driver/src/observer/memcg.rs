@@ -107,6 +107,19 @@ impl MemcgRoots {
             .unwrap_or_default()
     }
 
+    /// A memory cgroup directory (host path) as (hierarchy root, path inside it).
+    #[must_use]
+    pub fn split(&self, dir: &Path) -> Option<(PathBuf, String)> {
+        [&self.v1_memory, &self.v2]
+            .into_iter()
+            .flatten()
+            .find_map(|root| {
+                let rel = dir.strip_prefix(root).ok()?;
+                Some((root.clone(), format!("/{}", rel.display())))
+            })
+            .filter(|(_, rel)| rel != "/")
+    }
+
     /// The memory cgroup of a process, from the text of `/proc/<pid>/cgroup`, as (hierarchy
     /// root, path inside it).
     #[must_use]
@@ -304,6 +317,20 @@ mod tests {
             v2_only.locate("0::/nomad.slice/x.scope\n").map(|l| l.1),
             Some("/nomad.slice/x.scope".to_owned())
         );
+    }
+
+    #[test]
+    fn splits_a_known_cgroup_dir_into_root_and_path() {
+        let roots = MemcgRoots::from_mountinfo(HYBRID);
+        assert_eq!(
+            roots.split(Path::new("/sys/fs/cgroup/memory/nomad/a.t")),
+            Some((
+                PathBuf::from("/sys/fs/cgroup/memory"),
+                "/nomad/a.t".to_owned()
+            ))
+        );
+        assert_eq!(roots.split(Path::new("/sys/fs/cgroup/memory")), None);
+        assert_eq!(roots.split(Path::new("/elsewhere/x")), None);
     }
 
     #[test]

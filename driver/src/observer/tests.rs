@@ -72,6 +72,7 @@ fn meta(task: &str, alloc: &str, main: u32) -> TaskMeta {
         main_pid: main,
         main_start_time: 0,
         supervisor_pid: Some(99),
+        memcg_dir: None,
     }
 }
 
@@ -637,4 +638,35 @@ async fn observer_tracks_recovers_and_forgets() {
     assert!(kernel.tracked().unwrap().is_empty());
     assert!(kernel.facts(KEY.0).unwrap().is_none());
     assert!(o.tree(KEY).is_none());
+}
+
+#[test]
+fn oom_in_a_backlog_gets_its_scope_once_the_task_is_named() {
+    // The main process was OOM-killed while the driver was down: its record waits in the ring
+    // buffer and is read before RecoverTask names the task; the process is gone from procfs.
+    let w = World::new();
+    let mut s = w.state();
+    s.prime(KEY, 100, 0);
+    w.cg.set(&format!("{MEMCG}/memory.failcnt"), "7");
+    assert!(s.apply(&oom(SEC, KEY, 100, "perl", 35 * 1024)).is_empty());
+    s.apply(&exit(SEC + 1, KEY, 100));
+    let mut m = meta("web", "alloc-1", 100);
+    m.memcg_dir = Some(PathBuf::from(MEMCG));
+    s.register(KEY, m, false, 2 * SEC);
+    let r = s.classify(KEY, &MainExit::new(137, 9, false), None, 2 * SEC);
+    let ExitReason::OomKilled {
+        scope,
+        main_process,
+        ..
+    } = r
+    else {
+        panic!("not an OOM kill: {r:?}");
+    };
+    assert!(main_process);
+    assert_eq!(
+        scope,
+        OomScope::Cgroup {
+            cgroup: "/bpfexec-test".into()
+        }
+    );
 }

@@ -80,6 +80,11 @@ fn meta(cfg: &drivers::TaskConfig, state: &DriverState) -> TaskMeta {
         main_pid: state.pid,
         main_start_time: state.start_time,
         supervisor_pid: Some(state.supervisor_pid),
+        memcg_dir: state
+            .cgroups
+            .as_ref()
+            .and_then(|c| c.memory_dir())
+            .map(std::path::Path::to_path_buf),
     }
 }
 

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use bpfexec_common::{CLONE_PARENT, signal_result};
 
-use super::{ObserverState, TaskKey};
+use super::{DeferredOom, ObserverState, TaskKey};
 use crate::observer::{
     facts::{OomSeen, SignalSeen},
     notice::{Notice, PendingSignal, child_oom},
@@ -161,7 +161,7 @@ impl ObserverState {
         }
     }
 
-    fn on_oom(
+    pub(super) fn on_oom(
         &mut self,
         key: TaskKey,
         victim: u32,
@@ -178,6 +178,17 @@ impl ObserverState {
         }
         let cgroups = Arc::clone(&self.cgroups);
         let t = self.entry(key, now);
+        if t.meta.is_none() && t.memcg.innermost().is_none() {
+            // A backlog record of a task not claimed yet whose processes are gone: its memory
+            // cgroup is known once the driver names the task (`register`), which replays this.
+            t.deferred_ooms.push(DeferredOom {
+                victim,
+                comm: comm.to_owned(),
+                rss_kb,
+                ktime_ns: now,
+            });
+            return None;
+        }
         let scope = t.memcg.scope_of_kill(cgroups.as_ref());
         t.facts.record_oom(OomSeen {
             ktime_ns: now,

@@ -63,8 +63,20 @@ pub(crate) struct TaskState {
     pending: Vec<PendingSignal>,
     /// Notices produced before the driver told us who the task is.
     queued: Vec<(String, std::collections::BTreeMap<String, String>)>,
+    /// OOM kills seen before the driver told us who the task is, while its memory cgroup was
+    /// unknown; decided when it does.
+    deferred_ooms: Vec<DeferredOom>,
     limit: RateLimit,
     created_ns: u64,
+}
+
+/// An OOM kill whose scope waits for the task's memory cgroup.
+#[derive(Debug)]
+pub(crate) struct DeferredOom {
+    pub victim: u32,
+    pub comm: String,
+    pub rss_kb: u64,
+    pub ktime_ns: u64,
 }
 
 /// How many forgotten tasks are remembered for naming signal senders.
@@ -133,6 +145,7 @@ impl ObserverState {
             exited_parents: HashMap::new(),
             pending: Vec::new(),
             queued: Vec::new(),
+            deferred_ooms: Vec::new(),
             limit: RateLimit::default(),
             created_ns: now_ns,
         })
@@ -149,10 +162,22 @@ impl ObserverState {
         if let Some(pid) = meta.supervisor_pid {
             self.driver_pids.insert(pid);
         }
-        let memcg = self
-            .locate_memcg(meta.main_pid)
-            .map(|(root, path)| MemcgWatch::new(self.cgroups.as_ref(), &root, &path))
-            .unwrap_or_default();
+        let memcg = match self.locate_memcg(meta.main_pid) {
+            Some((root, path)) => MemcgWatch::new(self.cgroups.as_ref(), &root, &path),
+            // The main process is gone (it ended while the driver was down): watch the task's
+            // memory cgroup from its known path, without a baseline, so a limit hit it recorded
+            // before now still counts (a fresh task cgroup starts at zero).
+            None => meta
+                .memcg_dir
+                .as_deref()
+                .and_then(|dir| self.roots.split(dir))
+                .map(|(root, path)| {
+                    let mut watch = MemcgWatch::new(self.cgroups.as_ref(), &root, &path);
+                    watch.forget_baseline();
+                    watch
+                })
+                .unwrap_or_default(),
+        };
         let main_pid = meta.main_pid;
         let state = self.entry(key, now_ns);
         if state.facts.main_pid == 0 {
@@ -163,11 +188,15 @@ impl ObserverState {
         }
         state.tracked_before_exec |= tracked_before_exec;
         let queued = std::mem::take(&mut state.queued);
-        let out = queued
+        let deferred = std::mem::take(&mut state.deferred_ooms);
+        let mut out: Vec<Notice> = queued
             .into_iter()
             .map(|(m, a)| Notice::new(key, &meta, m, a))
             .collect();
         state.meta = Some(meta);
+        for d in deferred {
+            out.extend(self.on_oom(key, d.victim, &d.comm, d.rss_kb, d.ktime_ns));
+        }
         out
     }
 
