@@ -52,6 +52,7 @@ fn meta(name: &str, pid: u32) -> TaskMeta {
         main_pid: pid,
         main_start_time: start_time_ticks(pid),
         supervisor_pid: None,
+        memcg_dir: None,
     }
 }
 
