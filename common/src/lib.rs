@@ -53,6 +53,8 @@ pub const CLONE_PARENT: u64 = 0x0000_8000;
 /// Slots of [`TaskFacts::signals`]: one per classic signal number 1..=31; slot 0 collects every
 /// real-time signal (32..=64).
 pub const SIGNAL_SLOTS: usize = 32;
+// The probe masks signal numbers with `SIGNAL_SLOTS - 1`.
+const _: () = assert!(SIGNAL_SLOTS.is_power_of_two());
 
 /// Names of the globals that carry the tracepoint layouts, one per probe.
 pub const GLOBAL_EXEC_LAYOUT: &str = "EXEC_LAYOUT";
@@ -196,6 +198,14 @@ pub mod signal_result {
     pub const ALREADY_PENDING: i32 = 2;
     pub const OVERFLOW_FAIL: i32 = 3;
     pub const LOSE_INFO: i32 = 4;
+}
+
+/// Signals the probes do not record: they can neither end a process nor say anything about why
+/// one ended, and `SIGCHLD` alone would be a quarter of all records in a fork storm (one per
+/// process exit). Numbers are the generic Linux ones (x86-64, arm64): SIGCHLD, SIGURG, SIGWINCH.
+#[must_use]
+pub const fn is_noise_signal(sig: i32) -> bool {
+    matches!(sig, 17 | 23 | 28)
 }
 
 /// `oom/mark_victim`: the OOM killer chose `victim_pid`, which belongs to a tracked process.

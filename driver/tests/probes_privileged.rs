@@ -110,11 +110,24 @@ async fn probes_attribute_tracked_processes_only() {
         return;
     }
     let probes = ProbeSet::load_with(&ProbeOptions::unpinned()).expect("loading the eBPF probes");
+    // The optional probes must load wherever their tracepoint exists: a verifier rejection of
+    // one (they are optional only for kernels without the tracepoint) must fail here, not
+    // silently cost the driver its signal or OOM reports.
+    let optional = ["signal/signal_generate", "oom/mark_victim"]
+        .into_iter()
+        .filter(|tp| {
+            ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+                .iter()
+                .any(|root| std::path::Path::new(&format!("{root}/events/{tp}/format")).exists())
+        });
     for tp in [
         "sched/sched_process_exec",
         "task/task_newtask",
         "sched/sched_process_exit",
-    ] {
+    ]
+    .into_iter()
+    .chain(optional)
+    {
         assert!(
             probes.attached().contains(&tp),
             "{tp} not attached: {:?}",

@@ -23,7 +23,7 @@ use bpfexec_common::{
     BPF_F_NO_PREALLOC, CLONE_THREAD, COMM_LEN, EVENTS_BYTES, EventHeader, ExecLayout, ExecRecord,
     ExitLayout, ExitRecord, FACTS_MAX, FieldLoc, ForkRecord, NewTaskLayout, OomFact, OomLayout,
     OomVictimRecord, SIGNAL_SLOTS, SignalFact, SignalLayout, SignalRecord, THREADS_MAX,
-    TRACKED_MAX, TaskFacts, kind, signal_result,
+    TRACKED_MAX, TaskFacts, is_noise_signal, kind, signal_result,
 };
 
 #[map]
@@ -343,6 +343,10 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "signal", name = "signal_generate")]
 pub fn signal_generate(ctx: TracePointContext) -> u32 {
     let layout = SIGNAL_LAYOUT.load();
+    let sig = read_int(&ctx, layout.sig) as i32;
+    if is_noise_signal(sig) {
+        return 0;
+    }
     let target = read_int(&ctx, layout.pid) as u32;
     let (sender_tgid, sender_tid) = current_ids();
     let (target_tgid, target_task) = resolve(target).unwrap_or((0, 0));
@@ -351,7 +355,6 @@ pub fn signal_generate(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let now = now_ns();
-    let sig = read_int(&ctx, layout.sig) as i32;
     let code = read_int(&ctx, layout.code) as i32;
     let result = read_int(&ctx, layout.result) as i32;
     let sender_uid = bpf_get_current_uid_gid() as u32;
@@ -362,14 +365,15 @@ pub fn signal_generate(ctx: TracePointContext) -> u32 {
         && (result == signal_result::DELIVERED || result == signal_result::LOSE_INFO)
         && let Some(facts) = FACTS.get_ptr_mut(target_task)
     {
-        // Same mapping as `TaskFacts::signal_slot`, written so the verifier sees the bound on the
-        // very register used as the index.
+        // Same mapping as `TaskFacts::signal_slot`. The mask is applied to a value the compiler
+        // cannot reason about (a volatile re-read), so it stays the last operation on the very
+        // register used as the index and the verifier sees the bound there; a plain range
+        // check gets split across registers by the optimiser and rejected.
         let idx = sig as u32;
-        let slot = if idx < SIGNAL_SLOTS as u32 {
-            idx as usize
-        } else {
-            0
-        };
+        let wanted = if idx < SIGNAL_SLOTS as u32 { idx } else { 0 };
+        // SAFETY: reading a local through a valid reference.
+        let opaque = unsafe { core::ptr::read_volatile(&raw const wanted) };
+        let slot = (opaque & (SIGNAL_SLOTS as u32 - 1)) as usize;
         // SAFETY: pointer from a successful lookup; `slot` is below the array's length.
         unsafe {
             if (*facts).main_pid == target_tgid {

@@ -1,8 +1,9 @@
 //! `cargo xtask bench`: measures bpfexec against Nomad's built-in `exec` and `raw_exec` on one
 //! real agent (server + client on loopback, raw_exec enabled, exec available as root) in one
-//! run: task start latency, per-task helper-process memory (RSS and PSS), and the cost of the
-//! eBPF probes on an exec storm. Results go to `target/bench/results.{json,md}`. The driver is
-//! built with `--release` unless `--debug` is given. Ctrl-C stops the jobs and the agent.
+//! run: task start latency, per-task helper-process memory (RSS and PSS), the cost of the
+//! eBPF probes on an exec storm, and the probe event rate the driver sustains with zero loss
+//! (`throughput`). Results go to `target/bench/results.{json,md}`. The driver is built with
+//! `--release` unless `--debug` is given. Ctrl-C stops the jobs and the agent.
 
 mod agentlog;
 mod bpfstats;
@@ -13,10 +14,12 @@ mod memory;
 mod output;
 mod stats;
 mod storm;
+mod throughput;
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use bpfexec_e2e::observe::DriverHttp;
 use bpfexec_e2e::{Agent, AgentOptions, poll_until};
 use serde_json::json;
 
@@ -34,10 +37,16 @@ struct Options {
     tasks: usize,
     storm_execs: usize,
     storm_reps: usize,
+    throughput_secs: f64,
+    throughput_rates: Vec<u64>,
+    throughput_load: usize,
 }
 
 const USAGE: &str = "cargo xtask bench [--debug] [--reps N (10)] [--exec-reps N (3)] [--tasks K (6)] \
-                     [--storm-execs N (3000)] [--storm-reps N (4)]; a count of 0 skips that measurement";
+                     [--storm-execs N (3000)] [--storm-reps N (4)] [--throughput-secs S (5)] \
+                     [--throughput-rates R,R,... (10k,25k,50k,75k,100k,150k,200k)] \
+                     [--throughput-load N (0) host busy loops during it]; a count or duration of 0 \
+                     skips that measurement";
 
 fn parse(args: &[String]) -> Result<Options> {
     let mut o = Options {
@@ -48,12 +57,15 @@ fn parse(args: &[String]) -> Result<Options> {
         tasks: 6,
         storm_execs: 3000,
         storm_reps: 4,
+        throughput_secs: 5.0,
+        throughput_rates: throughput::DEFAULT_RATES.to_vec(),
+        throughput_load: 0,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{arg} needs a value"));
         let mut number = || -> Result<usize> {
-            it.next()
-                .with_context(|| format!("{arg} needs a number"))?
+            value()?
                 .parse()
                 .with_context(|| format!("{arg} needs a number"))
         };
@@ -66,6 +78,15 @@ fn parse(args: &[String]) -> Result<Options> {
             "--tasks" => o.tasks = number()?,
             "--storm-execs" => o.storm_execs = number()?,
             "--storm-reps" => o.storm_reps = number()?,
+            "--throughput-secs" => {
+                o.throughput_secs = value()?
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| s.is_finite() && *s >= 0.0)
+                    .with_context(|| format!("{arg} needs a number of seconds"))?;
+            }
+            "--throughput-rates" => o.throughput_rates = throughput::parse_rates(value()?)?,
+            "--throughput-load" => o.throughput_load = number()?,
             other => bail!("unknown `bench` option `{other}`\nusage: {USAGE}"),
         }
     }
@@ -145,11 +166,12 @@ fn print_run(r: &storm::Run) {
 
 fn host_storms(
     opts: &Options,
+    reps: usize,
     place: Place,
     agent: Option<&Agent>,
     runs: &mut Vec<storm::Run>,
 ) -> Result<()> {
-    for _ in 0..opts.storm_reps {
+    for _ in 0..reps {
         demo::check_interrupted()?;
         let r = storm::on_host(place, opts.storm_execs, agent)?;
         print_run(&r);
@@ -158,11 +180,14 @@ fn host_storms(
     Ok(())
 }
 
-fn start_agent() -> Result<Agent> {
+/// Starts the agent; its driver serves `/v1/observer` on the returned loopback endpoint.
+fn start_agent() -> Result<(Agent, DriverHttp)> {
     let t = phase("start a Nomad agent with bpfexec, exec and raw_exec");
+    let port = bpfexec_e2e::env::free_port()?;
     let agent = Agent::start_ready(
         AgentOptions::bpfexec()
             .plugin_config("allow_unisolated = true")
+            .plugin_config(&format!("http_addr = \"127.0.0.1:{port}\""))
             .extra_hcl("plugin \"raw_exec\" {\n  config {\n    enabled = true\n  }\n}"),
     )?;
     wait_builtin_drivers(&agent)?;
@@ -172,7 +197,7 @@ fn start_agent() -> Result<Agent> {
         agent.root().display()
     );
     done(t);
-    Ok(agent)
+    Ok((agent, DriverHttp::new(port)))
 }
 
 fn measure_memory(agent: &Agent, tasks: usize) -> Result<Vec<memory::Measurement>> {
@@ -202,16 +227,50 @@ fn measure_memory(agent: &Agent, tasks: usize) -> Result<Vec<memory::Measurement
     Ok(all)
 }
 
+fn measure_throughput(
+    agent: &Agent,
+    http: &DriverHttp,
+    opts: &Options,
+) -> Result<Option<throughput::Report>> {
+    if opts.throughput_secs <= 0.0 {
+        return Ok(None);
+    }
+    let t = phase(&format!(
+        "probe throughput: a bpfexec task signalling itself at stepped rates, {} s per step, {} host busy loops",
+        opts.throughput_secs, opts.throughput_load
+    ));
+    let report = throughput::run(
+        agent,
+        http,
+        &opts.throughput_rates,
+        opts.throughput_secs,
+        opts.throughput_load,
+    )?;
+    match report.best_zero_loss() {
+        Some(r) => println!(
+            "    highest rate sustained with zero loss: {r:.0} events/s (target {:.0}: {})",
+            throughput::TARGET_RATE,
+            if report.meets_target() {
+                "met"
+            } else {
+                "not met"
+            }
+        ),
+        None => println!("    no step was free of loss"),
+    }
+    if let Some(why) = &report.stopped {
+        println!("    stopped: {why}");
+    }
+    done(t);
+    Ok(Some(report))
+}
+
 fn storms_with_probes(agent: &Agent, opts: &Options, runs: &mut Vec<storm::Run>) -> Result<()> {
     let t = phase("exec storm with our probes loaded: host process and tasks (interleaved)");
     // Kernel run-time accounting of BPF programs, on only for this phase.
     let _stats = bpfstats::enable()?;
-    let once = Options {
-        storm_reps: 1,
-        ..*opts
-    };
     for i in 0..opts.storm_reps {
-        host_storms(&once, Place::HostProbesOn, Some(agent), runs)?;
+        host_storms(opts, 1, Place::HostProbesOn, Some(agent), runs)?;
         for place in [
             Place::TaskBpfexec,
             Place::TaskBpfexecRaw,
@@ -233,10 +292,16 @@ fn inner(opts: &Options) -> Result<()> {
     let mut foreign = storm::foreign_plugins(None);
     if opts.storm_reps > 0 {
         let t = phase("exec storm on the host, no agent of ours (probes not loaded)");
-        host_storms(opts, Place::HostProbesOff, None, &mut storm_runs)?;
+        host_storms(
+            opts,
+            opts.storm_reps,
+            Place::HostProbesOff,
+            None,
+            &mut storm_runs,
+        )?;
         done(t);
     }
-    let agent = start_agent()?;
+    let (agent, http) = start_agent()?;
     let node = agent.node()?;
 
     let t = phase("task start latency (/bin/date +%s%N, one job at a time)");
@@ -250,6 +315,7 @@ fn inner(opts: &Options) -> Result<()> {
     done(t);
 
     let memory = measure_memory(&agent, opts.tasks)?;
+    let throughput = measure_throughput(&agent, &http, opts)?;
     if opts.storm_reps > 0 {
         foreign = foreign.max(storm::foreign_plugins(Some(&agent)));
         storms_with_probes(&agent, opts, &mut storm_runs)?;
@@ -257,7 +323,13 @@ fn inner(opts: &Options) -> Result<()> {
     drop(agent);
     if opts.storm_reps > 0 {
         let t = phase("exec storm on the host again, our agent stopped (probes unloaded)");
-        host_storms(opts, Place::HostProbesOff, None, &mut storm_runs)?;
+        host_storms(
+            opts,
+            opts.storm_reps,
+            Place::HostProbesOff,
+            None,
+            &mut storm_runs,
+        )?;
         foreign = foreign.max(storm::foreign_plugins(None));
         done(t);
     }
@@ -278,6 +350,7 @@ fn inner(opts: &Options) -> Result<()> {
             "start_latency_reps": format!("{} (exec: {})", opts.reps, opts.exec_reps),
             "memory_tasks_per_driver": opts.tasks,
             "storm": format!("{} execs x {} reps per place", opts.storm_execs, opts.storm_reps),
+            "throughput": format!("{} s per step, target rates {:?}/s, {} host busy loops", opts.throughput_secs, opts.throughput_rates, opts.throughput_load),
             "bench_duration_s": t0.elapsed().as_secs(),
         }),
         latency,
@@ -285,6 +358,7 @@ fn inner(opts: &Options) -> Result<()> {
         storm: storm_runs,
         storm_execs: opts.storm_execs,
         foreign_plugins: foreign,
+        throughput,
     };
     let (json_path, md_path) = results.write()?;
     println!("\n{}", results.to_markdown());

@@ -28,8 +28,10 @@ commands:
   demo [--once] [--release]  start a Nomad agent with the driver on loopback, run examples/*.nomad.hcl
                              and report; keeps running until Ctrl-C unless --once
   bench [--debug] [--reps N] [--exec-reps N] [--tasks K] [--storm-execs N] [--storm-reps N]
+        [--throughput-secs S] [--throughput-rates R,R,...] [--throughput-load N]
                              bpfexec vs exec vs raw_exec on one agent: start latency, helper
-                             memory per task, eBPF probe cost on an exec storm; writes
+                             memory per task, eBPF probe cost on an exec storm, probe events/s
+                             sustained with zero loss; 0 skips a measurement; writes
                              target/bench/results.{json,md}
 ";
 

@@ -11,6 +11,7 @@ use super::jobs::Driver;
 use super::latency::{self, Sample};
 use super::memory::Measurement;
 use super::storm::{self, Place, Run};
+use super::throughput;
 use crate::tools;
 
 /// Everything one bench run produced.
@@ -21,6 +22,7 @@ pub struct Results {
     pub storm: Vec<Run>,
     pub storm_execs: usize,
     pub foreign_plugins: usize,
+    pub throughput: Option<throughput::Report>,
 }
 
 fn mib(kib: u64, tasks: usize) -> f64 {
@@ -46,6 +48,7 @@ impl Results {
                 "foreign_bpfexec_plugins_on_host": self.foreign_plugins,
                 "places": storm::to_json(&self.storm),
             },
+            "probe_throughput": self.throughput.as_ref().map(throughput::Report::to_json),
         })
     }
 
@@ -98,7 +101,41 @@ impl Results {
             );
         }
         self.storm_markdown(&mut md);
+        self.throughput_markdown(&mut md);
         md
+    }
+
+    fn throughput_markdown(&self, md: &mut String) {
+        let Some(t) = &self.throughput else {
+            return;
+        };
+        let _ = write!(
+            md,
+            "\n## Probe throughput\n\n\
+             One isolated bpfexec task (Python) sends itself an ignored `SIGUSR1` in paced batches, {} s per \
+             step: one `signal_generate` record per `kill(2)`, read from the ring buffer and applied by the \
+             driver's observer. Offered = events the generator sent / its time; processed = change of \
+             `/v1/observer` `events_processed` over that time (counters read before the step and once \
+             they settled after it); lost = probes' ring-full drops; lagged = events the observer fell \
+             behind on in the driver. Settle = how long the counters kept moving after the generator \
+             stopped. BPF run-time statistics are on during this phase. Host busy loops competing \
+             for the CPUs meanwhile: {}.\n\n\
+             **Highest rate sustained with zero loss: {}** (target {:.0} events/s: {}).{}\n\n\
+             | step (target ev/s) | offered ev/s | processed ev/s | ring records | lost | lagged | zero loss | settle ms | plugin CPU (of one core) | plugin CPU µs/event | signal_generate probe ns/run |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|\n",
+            t.secs_per_step,
+            t.load,
+            t.best_zero_loss()
+                .map_or("none".to_owned(), |r| format!("{r:.0} events/s")),
+            throughput::TARGET_RATE,
+            if t.meets_target() { "met" } else { "not met" },
+            t.stopped
+                .as_ref()
+                .map_or(String::new(), |why| format!(" Stepping stopped: {why}.")),
+        );
+        for step in &t.steps {
+            let _ = writeln!(md, "{}", step.row());
+        }
     }
 
     fn storm_markdown(&self, md: &mut String) {

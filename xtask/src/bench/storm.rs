@@ -137,7 +137,7 @@ pub fn on_host(place: Place, execs: usize, agent: Option<&Agent>) -> Result<Run>
 }
 
 /// utime + stime of `pid` in seconds (clock ticks at the usual USER_HZ of 100).
-fn cpu_seconds(pid: i32) -> f64 {
+pub fn cpu_seconds(pid: i32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };

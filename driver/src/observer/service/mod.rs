@@ -258,27 +258,33 @@ impl Observer {
         self.backend.pinned_maps_dir()
     }
 
-    fn on_event(&self, ev: &ProcessEvent) {
-        let keys: [u64; 1] = [match ev {
-            ProcessEvent::Signal { target_task, .. } => *target_task,
-            ProcessEvent::Exec { task, .. }
-            | ProcessEvent::Exit { task, .. }
-            | ProcessEvent::Fork { task, .. }
-            | ProcessEvent::OomVictim { task, .. } => *task,
-        }];
+    /// Applies a batch of events under one lock of the state.
+    fn on_events(&self, batch: &[ProcessEvent]) {
+        let mut notices = Vec::new();
+        let mut exits = false;
         let mut state = lock(&self.state);
-        for key in keys.into_iter().filter(|k| *k != 0) {
-            if !state.knows(TaskKey(key))
+        for ev in batch {
+            let key = match ev {
+                ProcessEvent::Signal { target_task, .. } => *target_task,
+                ProcessEvent::Exec { task, .. }
+                | ProcessEvent::Exit { task, .. }
+                | ProcessEvent::Fork { task, .. }
+                | ProcessEvent::OomVictim { task, .. } => *task,
+            };
+            if key != 0
+                && !state.knows(TaskKey(key))
                 && let Ok(Some(f)) = self.backend.facts(key)
             {
                 // A record for a task not claimed yet (a backlog from before a restart).
                 state.prime(TaskKey(key), f.main_pid, ev.ktime_ns());
             }
+            notices.extend(state.apply(ev));
+            exits |= matches!(ev, ProcessEvent::Exit { .. });
         }
-        let notices = state.apply(ev);
         drop(state);
-        self.processed.fetch_add(1, Ordering::Relaxed);
-        if matches!(ev, ProcessEvent::Exit { .. }) {
+        self.processed
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        if exits {
             self.exits.notify_waiters();
         }
         for n in notices {
@@ -331,6 +337,30 @@ impl Observer {
     }
 }
 
+/// Adds the events already queued to `batch` (up to [`BATCH`]); true when the channel closed.
+fn fill_batch(
+    o: &Observer,
+    rx: &mut broadcast::Receiver<ProcessEvent>,
+    batch: &mut Vec<ProcessEvent>,
+) -> bool {
+    while batch.len() < BATCH {
+        match rx.try_recv() {
+            Ok(ev) => batch.push(ev),
+            Err(broadcast::error::TryRecvError::Lagged(n)) => o.count_lagged(n),
+            Err(broadcast::error::TryRecvError::Empty) => return false,
+            Err(broadcast::error::TryRecvError::Closed) => return true,
+        }
+    }
+    false
+}
+
+impl Observer {
+    fn count_lagged(&self, n: u64) {
+        self.lagged.fetch_add(n, Ordering::Relaxed);
+        tracing::warn!(missed = n, "observer fell behind the probe events");
+    }
+}
+
 impl Drop for Observer {
     fn drop(&mut self) {
         if let Some(h) = lock(&self.worker).take() {
@@ -339,20 +369,31 @@ impl Drop for Observer {
     }
 }
 
-/// The event loop: events as they come, a short tick for held notices, a long one for upkeep.
+/// Events handled under one lock of the state at most.
+const BATCH: usize = 512;
+
+/// The event loop: events as they come (in batches of what is already queued: one wake-up and
+/// one lock per ring-buffer drain, not per event), a short tick for held notices, a long one for
+/// upkeep.
 async fn run(observer: Weak<Observer>, mut rx: broadcast::Receiver<ProcessEvent>) {
     let mut short = tokio::time::interval(Duration::from_millis(100));
     let mut ticks: u64 = 0;
+    let mut batch = Vec::with_capacity(BATCH);
     loop {
         tokio::select! {
             ev = rx.recv() => {
                 let Some(o) = observer.upgrade() else { return };
                 match ev {
-                    Ok(ev) => o.on_event(&ev),
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        o.lagged.fetch_add(n, Ordering::Relaxed);
-                        tracing::warn!(missed = n, "observer fell behind the probe events");
+                    Ok(ev) => {
+                        batch.push(ev);
+                        let closed = fill_batch(&o, &mut rx, &mut batch);
+                        o.on_events(&batch);
+                        batch.clear();
+                        if closed {
+                            return;
+                        }
                     }
+                    Err(broadcast::error::RecvError::Lagged(n)) => o.count_lagged(n),
                     Err(broadcast::error::RecvError::Closed) => return,
                 }
             }
