@@ -126,15 +126,16 @@ fn resolve(tid: u32) -> Option<(u32, u64)> {
     task_of(tgid).map(|task| (tgid, task))
 }
 
-/// Wake the reader only when a quarter of the ring is filled: a wake-up per record costs more
-/// than the probe itself on small VMs. Userspace also drains on a short timer, so a quiet buffer
-/// is read within milliseconds anyway.
+/// Wake the reader only for records someone waits for (`urgent`: a task's main process ended,
+/// an OOM kill) or when a quarter of the ring is filled: a wake-up per record costs more than
+/// the probe itself on small VMs. Userspace also drains on a timer, so the rest (process tree,
+/// exec history) is read within tens of milliseconds anyway.
 #[inline(always)]
-fn submit_flags() -> u64 {
+fn submit_flags(urgent: bool) -> u64 {
     const AVAIL_DATA: u64 = 0;
     const NO_WAKEUP: u64 = 1;
     const FORCE_WAKEUP: u64 = 2;
-    if EVENTS.query(AVAIL_DATA) >= u64::from(EVENTS_BYTES) / 4 {
+    if urgent || EVENTS.query(AVAIL_DATA) >= u64::from(EVENTS_BYTES) / 4 {
         FORCE_WAKEUP
     } else {
         NO_WAKEUP
@@ -248,7 +249,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         (*rec).comm = current_comm();
         (*rec).filename_len = read_str(&ctx, layout.filename, &mut (*rec).filename);
     }
-    entry.submit(submit_flags());
+    entry.submit(submit_flags(false));
     0
 }
 
@@ -277,11 +278,13 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     }
     let _ = TRACKED.remove(tgid);
     let now = now_ns();
+    let mut main_gone = false;
     if let Some(facts) = FACTS.get_ptr_mut(task) {
         // SAFETY: see `sched_process_exec`.
         unsafe {
             if (*facts).main_pid == tgid {
                 (*facts).main_exit_ktime_ns = now;
+                main_gone = true;
             }
         }
     }
@@ -300,7 +303,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         (*rec).comm = [0; COMM_LEN];
         read_str(&ctx, layout.comm, &mut (*rec).comm);
     }
-    entry.submit(submit_flags());
+    entry.submit(submit_flags(main_gone));
     0
 }
 
@@ -336,7 +339,7 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
         (*rec).child_comm = [0; COMM_LEN];
         read_str(&ctx, layout.comm, &mut (*rec).child_comm);
     }
-    entry.submit(submit_flags());
+    entry.submit(submit_flags(false));
     0
 }
 
@@ -413,7 +416,7 @@ pub fn signal_generate(ctx: TracePointContext) -> u32 {
         read_str(&ctx, layout.comm, &mut (*rec).target_comm);
         (*rec).sender_comm = sender_comm;
     }
-    entry.submit(submit_flags());
+    entry.submit(submit_flags(false));
     0
 }
 
@@ -471,7 +474,7 @@ pub fn mark_victim(ctx: TracePointContext) -> u32 {
         (*rec).task = task;
         (*rec).comm = fact.comm;
     }
-    entry.submit(submit_flags());
+    entry.submit(submit_flags(true));
     0
 }
 

@@ -313,8 +313,10 @@ async fn pump(
     }
 }
 
-/// How often the ring buffer is read when the probes did not ask for a wake-up.
-const DRAIN_PERIOD: std::time::Duration = std::time::Duration::from_millis(10);
+/// How often the ring buffer is read when the probes did not ask for a wake-up (they do for a
+/// main process's exit and for OOM kills, which exit classification waits for, and when the
+/// ring is a quarter full). Each timer wake-up costs the plugin CPU even when nothing happened.
+const DRAIN_PERIOD: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Records moved out of the ring per pass at most.
 const DRAIN_MAX: usize = 8_192;
