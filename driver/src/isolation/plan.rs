@@ -155,6 +155,7 @@ fn sandbox(input: &PlanInput<'_>, task_dir: &Path) -> Result<Sandbox, DriverErro
             source: host.into(),
             target: inside.into(),
             readonly: true,
+            nodev: false,
         })
         .collect();
     let alloc = Path::new(&nomad.alloc_dir);
@@ -169,6 +170,7 @@ fn sandbox(input: &PlanInput<'_>, task_dir: &Path) -> Result<Sandbox, DriverErro
                 source,
                 target: target.into(),
                 readonly: false,
+                nodev: true,
             });
         }
     }
@@ -186,13 +188,27 @@ fn sandbox(input: &PlanInput<'_>, task_dir: &Path) -> Result<Sandbox, DriverErro
             source: m.host_path.clone().into(),
             target: m.task_path.clone().into(),
             readonly: m.readonly,
+            nodev: true,
         });
     }
+    let mut devices = Vec::new();
     for d in &nomad.devices {
-        mounts.push(Bind {
+        if !Path::new(&d.task_path).is_absolute() || !Path::new(&d.host_path).exists() {
+            return Err(refuse(
+                &nomad.id,
+                format!(
+                    "device {:?} -> {:?} is invalid: the host device must exist and the task path must be absolute (check the device plugin)",
+                    d.host_path, d.task_path
+                ),
+            ));
+        }
+        devices.push(Bind {
             source: d.host_path.clone().into(),
             target: d.task_path.clone().into(),
+            // Nomad's permissions are cgroup-style "rwm". A read-only mount would not stop
+            // writes to a device node, so they are not enforced here (see the README).
             readonly: false,
+            nodev: false,
         });
     }
     let netns = nomad
@@ -206,6 +222,7 @@ fn sandbox(input: &PlanInput<'_>, task_dir: &Path) -> Result<Sandbox, DriverErro
     Ok(Sandbox {
         root: state_dir.join("root"),
         mounts: order(mounts),
+        devices,
         ipc_ns: task.ipc_mode.unwrap_or(plugin.default_ipc_mode) == NsMode::Private,
         netns,
         pivot_root: !plugin.no_pivot_root,

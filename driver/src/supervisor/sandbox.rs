@@ -60,6 +60,9 @@ pub fn enter(sb: &Sandbox) -> io::Result<()> {
     }
     mount_proc(root)?;
     mount_dev(root)?;
+    for d in &sb.devices {
+        bind(root, d)?;
+    }
     if sb.pivot_root {
         pivot(root)?;
     } else {
@@ -111,8 +114,14 @@ fn bind(root: &Path, b: &Bind) -> io::Result<()> {
             e,
         )
     })?;
-    if b.readonly {
-        let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
+    if b.readonly || b.nodev {
+        let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND;
+        if b.readonly {
+            flags |= MsFlags::MS_RDONLY;
+        }
+        if b.nodev {
+            flags |= MsFlags::MS_NODEV;
+        }
         // A remount must keep the locked flags of the source mount.
         if let Ok(st) = nix::sys::statvfs::statvfs(&target) {
             use nix::sys::statvfs::FsFlags;
@@ -126,8 +135,12 @@ fn bind(root: &Path, b: &Bind) -> io::Result<()> {
                 }
             }
         }
-        mount(None::<&str>, &target, None::<&str>, flags, None::<&str>)
-            .map_err(|e| err(format!("making {} read-only", b.target.display()), e))?;
+        mount(None::<&str>, &target, None::<&str>, flags, None::<&str>).map_err(|e| {
+            err(
+                format!("restricting {} (read-only/nodev)", b.target.display()),
+                e,
+            )
+        })?;
     }
     Ok(())
 }
@@ -247,6 +260,7 @@ mod tests {
             source: src.into(),
             target: dst.into(),
             readonly: true,
+            nodev: false,
         }
     }
 

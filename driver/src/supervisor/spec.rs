@@ -62,6 +62,10 @@ pub struct Sandbox {
     pub root: PathBuf,
     /// Bind mounts, parents before children.
     pub mounts: Vec<Bind>,
+    /// Device nodes Nomad's device plugins assigned to the task, bound after the task's /dev
+    /// is assembled (so a `/dev/...` target is not hidden by it).
+    #[serde(default)]
+    pub devices: Vec<Bind>,
     pub ipc_ns: bool,
     /// Network namespace to join (Nomad's group network), None for the host's.
     pub netns: Option<PathBuf>,
@@ -75,4 +79,8 @@ pub struct Bind {
     /// Absolute path inside the task.
     pub target: PathBuf,
     pub readonly: bool,
+    /// Device nodes on this mount cannot be opened: writable task directories get it, so a task
+    /// allowed CAP_MKNOD cannot make itself a host device node there.
+    #[serde(default)]
+    pub nodev: bool,
 }

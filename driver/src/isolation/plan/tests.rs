@@ -205,3 +205,49 @@ fn scripts_with_a_missing_interpreter_are_refused_by_name() {
         .is_ok()
     );
 }
+
+#[test]
+fn devices_are_bound_after_dev_and_task_dirs_are_nodev() {
+    let a = alloc();
+    let mut n = nomad(a.path());
+    n.devices = vec![
+        drivers::Device {
+            task_path: "/dev/accel0".into(),
+            host_path: "/dev/zero".into(),
+            cgroup_permissions: "rwm".into(),
+        },
+        drivers::Device {
+            task_path: "/dev/ro0".into(),
+            host_path: "/dev/null".into(),
+            cgroup_permissions: "r".into(),
+        },
+    ];
+    let spec = run(&n, &task("/bin/sh"), &PluginConfig::default()).expect("plan");
+    let sb = spec.sandbox.expect("sandbox");
+    let devices: Vec<_> = sb
+        .devices
+        .iter()
+        .map(|d| (d.target.display().to_string(), d.readonly, d.nodev))
+        .collect();
+    assert_eq!(
+        devices,
+        vec![
+            ("/dev/accel0".to_owned(), false, false),
+            ("/dev/ro0".to_owned(), false, false)
+        ]
+    );
+    assert!(!sb.mounts.iter().any(|b| b.target.starts_with("/dev")));
+    for t in ["/alloc", "/local", "/secrets", "/tmp"] {
+        assert!(
+            sb.mounts
+                .iter()
+                .any(|b| b.target == Path::new(t) && b.nodev),
+            "{t} must be nodev"
+        );
+    }
+    n.devices[0].host_path = "/dev/bpfexec-no-such-device".into();
+    let err = run(&n, &task("/bin/sh"), &PluginConfig::default())
+        .expect_err("a missing host device is refused")
+        .to_string();
+    assert!(err.contains("bpfexec-no-such-device"), "{err}");
+}
