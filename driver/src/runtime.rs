@@ -103,6 +103,7 @@ impl Runtime {
         let pins = crate::probes::ProbeOptions {
             pin_root: plugin.bpf_pin_dir.clone(),
         };
+        let escape_check = plugin.escape_check_interval;
         let start = StartContext {
             plugin: plugin.clone(),
             cgroup_mode: self.cgroup_mode,
@@ -116,11 +117,15 @@ impl Runtime {
             start,
             compute,
         });
-        self.load_probes(pins).await;
+        self.load_probes(pins, escape_check).await;
         Ok(())
     }
 
-    async fn load_probes(&self, options: crate::probes::ProbeOptions) {
+    async fn load_probes(
+        &self,
+        options: crate::probes::ProbeOptions,
+        escape_check: std::time::Duration,
+    ) {
         let mut probes = self.probes.write().await;
         if matches!(*probes, ProbeState::Loaded(_)) {
             return;
@@ -129,10 +134,11 @@ impl Runtime {
             Ok(set) => {
                 tracing::info!(attached = ?set.attached(), "eBPF probes loaded");
                 let set = Arc::new(set);
-                let observer = crate::observer::Observer::start(
-                    Arc::clone(&set),
-                    crate::observer::ObserverConfig::default(),
-                );
+                let config = crate::observer::ObserverConfig {
+                    escape_check_ns: u64::try_from(escape_check.as_nanos()).unwrap_or(u64::MAX),
+                    ..crate::observer::ObserverConfig::default()
+                };
+                let observer = crate::observer::Observer::start(Arc::clone(&set), config);
                 observer.add_driver_pid(std::process::id());
                 self.tasks.observation.attach(observer);
                 ProbeState::Loaded(set)

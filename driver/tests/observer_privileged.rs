@@ -58,6 +58,7 @@ fn meta(name: &str, alloc: &str, pid: u32) -> TaskMeta {
         main_start_time: stat_of(pid).map_or(0, |s| s.1),
         supervisor_pid: None,
         memcg_dir: None,
+        home: None,
     }
 }
 

@@ -53,6 +53,7 @@ fn meta(name: &str, pid: u32) -> TaskMeta {
         main_start_time: start_time_ticks(pid),
         supervisor_pid: None,
         memcg_dir: None,
+        home: None,
     }
 }
 

@@ -6,6 +6,7 @@
 //! v1: `cpuset_cgroup` is the cpuset directory only; the freezer, cpu and memory directories are
 //! `<root>/<controller>/nomad/<allocID>.<task>`.
 
+mod home;
 mod kill;
 pub mod limits;
 
@@ -13,6 +14,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+pub use home::CgroupHome;
 pub use kill::kill_all;
 
 pub const DEFAULT_ROOT: &str = "/sys/fs/cgroup";

@@ -1,6 +1,7 @@
 //! Configuration: hclspec schemas for Nomad, and decoding of the cty-msgpack bytes Nomad sends
 //! (maps with every schema key present, nil for absent values).
 
+pub mod duration;
 pub mod number;
 pub mod plugin;
 pub mod ranges;

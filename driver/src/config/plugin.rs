@@ -62,7 +62,13 @@ pub struct PluginConfig {
     pub bpf_pin_dir: Option<PathBuf>,
     /// Address of the local JSON endpoint (`/v1/tasks`, `/v1/tree`, `/v1/observer`); None = off.
     pub http_addr: Option<std::net::SocketAddr>,
+    /// How often running tasks' processes are checked for having left the task's cgroup; zero
+    /// turns the check off (processes that outlive their task are still killed).
+    pub escape_check_interval: std::time::Duration,
 }
+
+/// Default of `escape_check_interval` (HCL text and value).
+pub const DEFAULT_ESCAPE_CHECK: &str = "2s";
 
 impl Default for PluginConfig {
     fn default() -> Self {
@@ -81,6 +87,9 @@ impl Default for PluginConfig {
             allow_unisolated: false,
             bpf_pin_dir: Some(PathBuf::from(crate::probes::pin::DEFAULT_PIN_ROOT)),
             http_addr: None,
+            escape_check_interval: std::time::Duration::from_nanos(
+                crate::observer::DEFAULT_ESCAPE_CHECK_NS,
+            ),
         }
     }
 }
@@ -98,6 +107,7 @@ struct Raw {
     allow_unisolated: Option<bool>,
     bpf_pin_dir: Option<String>,
     http_addr: Option<String>,
+    escape_check_interval: Option<String>,
 }
 
 impl PluginConfig {
@@ -173,6 +183,9 @@ impl PluginConfig {
                 fix: "give ip:port, e.g. http_addr = \"127.0.0.1:4649\"".into(),
             })?);
         }
+        if let Some(every) = raw.escape_check_interval.filter(|e| !e.is_empty()) {
+            cfg.escape_check_interval = super::duration::parse("escape_check_interval", &every)?;
+        }
         cfg.no_pivot_root = raw.no_pivot_root.unwrap_or(false);
         cfg.allow_unisolated = raw.allow_unisolated.unwrap_or(false);
         Ok(cfg)
@@ -194,6 +207,10 @@ mod tests {
         assert!(!cfg.allow_caps.contains(&"NET_RAW".to_owned()));
         assert_eq!(cfg.chroot_env.get("/usr").map(String::as_str), Some("/usr"));
         assert!(!cfg.allow_unisolated);
+        assert_eq!(
+            super::super::duration::parse("x", DEFAULT_ESCAPE_CHECK).expect("default"),
+            cfg.escape_check_interval
+        );
     }
 
     #[test]
@@ -221,8 +238,13 @@ mod tests {
             ),
             ("no_pivot_root", true.into()),
             ("allow_unisolated", true.into()),
+            ("escape_check_interval", "500ms".into()),
         ]);
         let cfg = PluginConfig::decode(&set).expect("decode");
+        assert_eq!(
+            cfg.escape_check_interval,
+            std::time::Duration::from_millis(500)
+        );
         assert_eq!(cfg.state_dir, PathBuf::from("/tmp/x"));
         assert_eq!(cfg.default_pid_mode, NsMode::Host);
         assert_eq!(cfg.allow_caps, vec!["CHOWN", "NET_RAW"]);
@@ -239,6 +261,7 @@ mod tests {
             ("default_ipc_mode", Value::from("shareable")),
             ("allow_caps", Value::Array(vec!["not_a_cap".into()])),
             ("denied_host_gids", Value::from("10-1")),
+            ("escape_check_interval", Value::from("soon")),
             (
                 "chroot_env",
                 Value::Map(vec![("usr".into(), "/usr".into())]),

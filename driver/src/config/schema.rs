@@ -96,6 +96,14 @@ pub fn plugin_schema() -> Spec {
         ),
         ("bpf_pin_dir", attr("bpf_pin_dir", "string", false)),
         ("http_addr", attr("http_addr", "string", false)),
+        (
+            "escape_check_interval",
+            with_default(
+                "escape_check_interval",
+                "string",
+                &hcl_string(super::plugin::DEFAULT_ESCAPE_CHECK),
+            ),
+        ),
     ])
 }
 

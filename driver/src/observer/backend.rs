@@ -18,6 +18,8 @@ pub trait KernelBackend: Send + Sync {
     /// Removes every process of `task` (and their threads).
     fn untrack_task(&self, task: u64) -> Result<usize, ProbeError>;
     fn tracked(&self) -> Result<Vec<(u32, u64)>, ProbeError>;
+    /// The task `pid` is tracked for (one map lookup), if any.
+    fn task_of(&self, pid: u32) -> Result<Option<u64>, ProbeError>;
     fn put_facts(&self, task: u64, facts: &TaskFacts) -> Result<(), ProbeError>;
     fn facts(&self, task: u64) -> Result<Option<TaskFacts>, ProbeError>;
     fn remove_facts(&self, task: u64) -> Result<(), ProbeError>;
@@ -50,6 +52,9 @@ impl KernelBackend for ProbeSet {
     }
     fn tracked(&self) -> Result<Vec<(u32, u64)>, ProbeError> {
         self.kernel().tracked()
+    }
+    fn task_of(&self, pid: u32) -> Result<Option<u64>, ProbeError> {
+        self.kernel().task_of(pid)
     }
     fn put_facts(&self, task: u64, facts: &TaskFacts) -> Result<(), ProbeError> {
         self.kernel().put_facts(task, facts)
@@ -136,6 +141,9 @@ pub(crate) mod fake {
         }
         fn tracked(&self) -> Result<Vec<(u32, u64)>, ProbeError> {
             Ok(lock(&self.tracked).iter().map(|(p, k)| (*p, *k)).collect())
+        }
+        fn task_of(&self, pid: u32) -> Result<Option<u64>, ProbeError> {
+            Ok(lock(&self.tracked).get(&pid).copied())
         }
         fn put_facts(&self, task: u64, facts: &TaskFacts) -> Result<(), ProbeError> {
             lock(&self.facts).insert(task, *facts);

@@ -16,3 +16,20 @@ pub enum ObserverError {
         source: ProbeError,
     },
 }
+
+/// Why a stray task process could not be killed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReapError {
+    #[error("cannot open a pidfd for pid {pid}: {source}")]
+    Open {
+        pid: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot SIGKILL pid {pid}: {source}")]
+    Signal {
+        pid: u32,
+        #[source]
+        source: std::io::Error,
+    },
+}

@@ -49,7 +49,12 @@ pub struct TaskMeta {
     pub supervisor_pid: Option<u32>,
     /// Host path of the task's memory cgroup, for when its main process is already gone (a
     /// task recovered after it ended while the driver was down).
+    #[serde(default)]
     pub memcg_dir: Option<std::path::PathBuf>,
+    /// The task's own cgroup (v1 freezer, v2 scope); a task process found outside it while the
+    /// task runs is an escape. `None`: no task cgroup, no escape check.
+    #[serde(default)]
+    pub home: Option<crate::cgroups::CgroupHome>,
 }
 
 impl TaskMeta {

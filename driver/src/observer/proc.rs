@@ -1,8 +1,14 @@
 //! The observer's view of procfs behind a trait ([`ProcSource`]), so the tree and recovery logic is
-//! unit-tested with a fake: `/proc/<pid>/stat` (proc(5): ppid, start time, CPU ticks, RSS),
-//! `/proc/<pid>/cmdline`, `/proc/<pid>/cgroup`, and the list of live PIDs.
+//! unit-tested with a fake: `/proc/<pid>/stat` (proc(5): ppid, flags, start time, CPU ticks,
+//! RSS), `/proc/<pid>/cmdline`, `/proc/<pid>/cgroup`, pending signals from `/proc/<pid>/status`,
+//! and the list of live PIDs.
 
 use std::{collections::HashMap, fs};
+
+/// `PF_EXITING` in the kernel's per-task flags (`include/linux/sched.h`): `do_exit` has begun.
+const PF_EXITING: u64 = 0x4;
+/// Bit of SIGKILL in the pending-signal masks of `/proc/<pid>/status`.
+const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
 
 /// The fields of `/proc/<pid>/stat` the observer uses.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -10,6 +16,8 @@ pub struct ProcStat {
     pub comm: String,
     pub state: char,
     pub ppid: u32,
+    /// Kernel task flags (`PF_*`).
+    pub flags: u64,
     /// Clock ticks of user / system CPU time.
     pub utime: u64,
     pub stime: u64,
@@ -24,6 +32,13 @@ impl ProcStat {
     pub fn is_alive(&self) -> bool {
         self.state != 'Z' && self.state != 'X'
     }
+
+    /// Alive and not on its way out: not a zombie, and `do_exit` has not begun (an exiting
+    /// process may already show the root cgroup).
+    #[must_use]
+    pub fn is_running(&self) -> bool {
+        self.is_alive() && self.flags & PF_EXITING == 0
+    }
 }
 
 /// Read access to procfs.
@@ -37,6 +52,9 @@ pub trait ProcSource: Send + Sync {
     fn cgroup(&self, pid: u32) -> Option<String>;
     /// Thread ids of process `pid` other than `pid` itself (`/proc/<pid>/task`).
     fn threads(&self, pid: u32) -> Vec<u32>;
+    /// A SIGKILL is pending for `pid` (it is about to die), from `SigPnd` / `ShdPnd` of
+    /// `/proc/<pid>/status`.
+    fn kill_pending(&self, pid: u32) -> bool;
 }
 
 /// The real `/proc`.
@@ -77,6 +95,22 @@ impl ProcSource for LiveProc {
             })
             .unwrap_or_default()
     }
+
+    fn kill_pending(&self, pid: u32) -> bool {
+        fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| sigkill_pending(&s))
+    }
+}
+
+/// True when the `SigPnd` (thread) or `ShdPnd` (process) mask of a status text has SIGKILL.
+#[must_use]
+pub fn sigkill_pending(status: &str) -> bool {
+    status.lines().any(|line| {
+        let Some((key, mask)) = line.split_once(':') else {
+            return false;
+        };
+        (key == "SigPnd" || key == "ShdPnd")
+            && u64::from_str_radix(mask.trim(), 16).is_ok_and(|m| m & SIGKILL_BIT != 0)
+    })
 }
 
 /// Splits the NUL-separated `cmdline` into arguments.
@@ -102,6 +136,7 @@ pub fn parse_stat(text: &str) -> Option<ProcStat> {
         comm,
         state: field(3)?.chars().next()?,
         ppid: field(4)?.parse().ok()?,
+        flags: field(9)?.parse().ok()?,
         utime: field(14)?.parse().ok()?,
         stime: field(15)?.parse().ok()?,
         start_time: field(22)?.parse().ok()?,
@@ -160,9 +195,12 @@ pub fn pid_usage(
 #[cfg(test)]
 pub(crate) mod fake {
     //! A scripted `/proc` for unit tests.
-    use std::{collections::BTreeMap, sync::Mutex};
+    use std::{
+        collections::{BTreeMap, BTreeSet},
+        sync::Mutex,
+    };
 
-    use super::{ProcSource, ProcStat};
+    use super::{PF_EXITING, ProcSource, ProcStat};
 
     /// stat, cmdline, /proc/<pid>/cgroup text.
     type Entry = (ProcStat, Vec<String>, String);
@@ -170,6 +208,8 @@ pub(crate) mod fake {
     #[derive(Default)]
     pub struct FakeProc {
         pub procs: Mutex<BTreeMap<u32, Entry>>,
+        /// PIDs with a SIGKILL pending.
+        pub killed: Mutex<BTreeSet<u32>>,
     }
 
     impl FakeProc {
@@ -178,6 +218,7 @@ pub(crate) mod fake {
                 comm: comm.into(),
                 state: 'S',
                 ppid: parent,
+                flags: 0,
                 utime: 10,
                 stime: 5,
                 start_time,
@@ -199,6 +240,35 @@ pub(crate) mod fake {
                 .get_mut(&pid)
             {
                 p.2 = text.to_owned();
+            }
+        }
+
+        /// Sets the process state letter (`Z` for a zombie).
+        pub fn set_state(&self, pid: u32, state: char) {
+            self.edit(pid, |st| st.state = state);
+        }
+
+        /// Marks the process as exiting (`PF_EXITING`).
+        pub fn set_exiting(&self, pid: u32) {
+            self.edit(pid, |st| st.flags |= PF_EXITING);
+        }
+
+        /// Marks a SIGKILL pending for `pid`.
+        pub fn set_kill_pending(&self, pid: u32) {
+            self.killed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(pid);
+        }
+
+        fn edit(&self, pid: u32, f: impl FnOnce(&mut ProcStat)) {
+            if let Some(p) = self
+                .procs
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get_mut(&pid)
+            {
+                f(&mut p.0);
             }
         }
 
@@ -244,6 +314,12 @@ pub(crate) mod fake {
                 Vec::new()
             }
         }
+        fn kill_pending(&self, pid: u32) -> bool {
+            self.killed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains(&pid)
+        }
     }
 }
 
@@ -257,13 +333,37 @@ mod tests {
                     18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0";
         let st = parse_stat(line).expect("parse");
         assert_eq!(st.comm, "a (b) c");
-        assert_eq!((st.state, st.ppid), ('S', 7));
+        assert_eq!((st.state, st.ppid, st.flags), ('S', 7, 4_194_304));
         assert_eq!(
             (st.utime, st.stime, st.start_time, st.rss_pages),
             (11, 12, 555, 33)
         );
         assert!(st.is_alive());
+        assert!(st.is_running());
+        let exiting = ProcStat {
+            flags: st.flags | PF_EXITING,
+            ..st.clone()
+        };
+        assert!(exiting.is_alive() && !exiting.is_running());
+        let zombie = ProcStat { state: 'Z', ..st };
+        assert!(!zombie.is_running());
         assert!(parse_stat("garbage").is_none());
+    }
+
+    #[test]
+    fn sigkill_pending_reads_both_masks() {
+        let idle = "Name:\tsleep\nSigPnd:\t0000000000000000\nShdPnd:\t0000000000000000\n";
+        assert!(!sigkill_pending(idle));
+        assert!(!sigkill_pending(
+            "SigPnd:\t0000000000000000\nShdPnd:\t0000000000004000\n"
+        ));
+        assert!(sigkill_pending(
+            "SigPnd:\t0000000000000000\nShdPnd:\t0000000000000100\n"
+        ));
+        assert!(sigkill_pending("SigPnd:\t0000000000000100\n"));
+        assert!(!sigkill_pending("SigPnd:\tzz\n"));
+        let me = std::process::id();
+        assert!(!LiveProc.kill_pending(me));
     }
 
     #[test]

@@ -11,7 +11,12 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use bpfexec_common::{SignalFact, TaskFacts};
 
-use super::{backend::fake::FakeKernel, memcg::fake::FakeCgroupFs, proc::fake::FakeProc, *};
+use super::{
+    backend::fake::FakeKernel, memcg::fake::FakeCgroupFs, proc::fake::FakeProc,
+    reap::fake::FakeReaper, *,
+};
+
+mod strays;
 use crate::probes::ProcessEvent;
 
 const MS: u64 = 1_000_000;
@@ -23,12 +28,15 @@ const MEMCG: &str = "/sys/fs/cgroup/memory/bpfexec-test";
 struct World {
     proc: Arc<FakeProc>,
     cg: Arc<FakeCgroupFs>,
+    reaper: Arc<FakeReaper>,
 }
 
 impl World {
     fn new() -> Self {
+        let proc = Arc::new(FakeProc::default());
         let w = Self {
-            proc: Arc::new(FakeProc::default()),
+            reaper: Arc::new(FakeReaper::new(Arc::clone(&proc))),
+            proc,
             cg: Arc::new(FakeCgroupFs::default()),
         };
         w.cg.set(&format!("{MEMCG}/memory.limit_in_bytes"), "33554432");
@@ -44,6 +52,7 @@ impl World {
                 v1_memory: Some(PathBuf::from("/sys/fs/cgroup/memory")),
                 v2: None,
             },
+            reaper: self.reaper.clone(),
         }
     }
 
@@ -73,6 +82,7 @@ fn meta(task: &str, alloc: &str, main: u32) -> TaskMeta {
         main_start_time: 0,
         supervisor_pid: Some(99),
         memcg_dir: None,
+        home: None,
     }
 }
 

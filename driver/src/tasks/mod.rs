@@ -315,6 +315,7 @@ impl TaskManager {
                 Some(outcome) => {
                     self.observation.recover(&config, &state);
                     let outcome = self.observation.explain_now(&config, &state, outcome);
+                    self.observation.reap_leaks_now(&state);
                     tracing::info!(task_id = %id, exit_code = outcome.exit_code, "recovered task that exited while the plugin was away");
                     self.insert_exited(config, state, outcome);
                     Ok(())

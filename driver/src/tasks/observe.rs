@@ -1,7 +1,8 @@
 //! Glue between the task table and the eBPF observer: register each task's main process, recover
-//! it after a restart, forget it at destroy, and turn its end into Nomad's ExitResult plus a task
-//! event that says why (sender, OOM victim, exec failure). Without probes the wait status and the
-//! task cgroup's OOM counter still give an honest answer.
+//! it after a restart, forget it at destroy, turn its end into Nomad's ExitResult plus a task
+//! event that says why (sender, OOM victim, exec failure), and kill what outlived it (leaks,
+//! reported as one task event). Without probes the wait status and the task cgroup's OOM counter
+//! still give an honest answer (and leaks are neither seen nor killed).
 
 use std::collections::BTreeMap;
 use std::collections::HashSet;
@@ -85,6 +86,10 @@ fn meta(cfg: &drivers::TaskConfig, state: &DriverState) -> TaskMeta {
             .as_ref()
             .and_then(|c| c.memory_dir())
             .map(std::path::Path::to_path_buf),
+        home: state
+            .cgroups
+            .as_ref()
+            .and_then(crate::cgroups::CgroupHome::of_task),
     }
 }
 
@@ -196,6 +201,21 @@ impl Observation {
             && let Err(e) = obs.forget(TaskKey::from_task_id(task_id))
         {
             tracing::debug!(task_id, error = %e, "the observer had nothing to forget");
+        }
+    }
+
+    /// Once the task's main process has ended (on its own, or killed by StopTask/DestroyTask):
+    /// kills the processes the observer still tracks for it and reports them in one task event.
+    pub async fn reap_leaks(&self, state: &DriverState) {
+        if let Some(obs) = self.observer() {
+            obs.reap_leaks(TaskKey::from_task_id(&state.task_id)).await;
+        }
+    }
+
+    /// [`Observation::reap_leaks`] without waiting (a task found already ended at recovery).
+    pub fn reap_leaks_now(&self, state: &DriverState) {
+        if let Some(obs) = self.observer() {
+            obs.reap_leaks_now(TaskKey::from_task_id(&state.task_id));
         }
     }
 

@@ -1,6 +1,8 @@
 //! Stopping a task the way Nomad expects (plugins/drivers StopTask): the task's kill signal to its
-//! process group (or every process with `signal_all_processes`), a grace period of `kill_timeout`, then SIGKILL to the process group and to every
-//! process left in the task's cgroup, and block until the task is gone.
+//! process group (or every process with `signal_all_processes`), a grace period of
+//! `kill_timeout`, then SIGKILL to every process left in the task's cgroup and to its process
+//! group, and block until the task is gone. Processes outside both (a `setsid` into another
+//! cgroup) are the leak sweep's (`watch`), which runs when the main process has ended.
 
 use std::time::Duration;
 
@@ -33,17 +35,15 @@ pub async fn stop(task: &Task, timeout: Duration, signal: i32) -> Result<(), Dri
     }
 }
 
-/// SIGKILL to the main process, its process group and everything in the task's cgroup.
+/// SIGKILL to everything in the task's cgroup, then to its process group and main process. The
+/// cgroup goes first so that, when the main process's end wakes the leak sweep, every process
+/// still in the cgroup has its SIGKILL already and is not mistaken for one that outlived the task.
 pub async fn kill_everything(task: &Task) {
-    let _ = task.signal_main(libc::SIGKILL);
-    if task.main.is_some() {
-        let _ = procfs::signal_group(task.state.pid, libc::SIGKILL);
-    }
     if let Some(cg) = task.state.cgroups.clone() {
         let killed = tokio::task::spawn_blocking(move || crate::cgroups::kill_all(&cg)).await;
         match killed {
             Ok(Ok(n)) if n > 0 => {
-                tracing::info!(task_id = %task.state.task_id, processes = n, "killed processes left in the task cgroup");
+                tracing::info!(task_id = %task.state.task_id, processes = n, "killed the processes in the task cgroup");
             }
             Ok(Err(e)) => {
                 tracing::warn!(task_id = %task.state.task_id, error = %e, "could not kill the task cgroup");
@@ -51,4 +51,8 @@ pub async fn kill_everything(task: &Task) {
             _ => {}
         }
     }
+    if task.main.is_some() {
+        let _ = procfs::signal_group(task.state.pid, libc::SIGKILL);
+    }
+    let _ = task.signal_main(libc::SIGKILL);
 }

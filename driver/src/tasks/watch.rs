@@ -1,6 +1,6 @@
 //! Waiting for a supervisor to exit (through its pidfd, so it works for supervisors started by an
 //! earlier plugin process too) and turning its exit record into the task's outcome, explained by
-//! the observer.
+//! the observer, after killing whatever of the task outlived it (leaks).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -60,6 +60,8 @@ pub fn spawn(
             Err(e) => Outcome::lost(e),
         };
         let outcome = observation.explain(&config, &state, outcome).await;
+        // Before Nomad learns the task ended: nothing of it may run on.
+        observation.reap_leaks(&state).await;
         tracing::info!(
             pid,
             exit_code = outcome.exit_code,

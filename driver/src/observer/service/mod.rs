@@ -1,7 +1,9 @@
 //! The driver-facing [`Observer`]: consumes probe events on a tokio task, keeps the state machine
 //! up to date, registers task processes in the kernel's `TRACKED` map (and re-reads the pinned
-//! state after a driver restart), and answers exit classifications, trees and counters.
+//! state after a driver restart), kills stray processes (escapes, leaks), and answers exit
+//! classifications, trees and counters.
 
+mod strays;
 mod tracking;
 
 use std::{
@@ -25,6 +27,7 @@ use super::{
     memcg::{CgroupFiles, LiveCgroupFs, MemcgRoots},
     notice::Notice,
     proc::{LiveProc, PidUsage, ProcSource, pid_usage},
+    reap::{PidFdReaper, Reaper},
     reason::{ExitReason, MainExit},
     state::{ObserverConfig, ObserverState},
     tree::ProcessTree,
@@ -43,6 +46,8 @@ pub struct Sources {
     pub proc: Arc<dyn ProcSource>,
     pub cgroups: Arc<dyn CgroupFiles>,
     pub roots: MemcgRoots,
+    /// Kills stray processes (escapes, leaks).
+    pub reaper: Arc<dyn Reaper>,
 }
 
 impl Sources {
@@ -53,6 +58,7 @@ impl Sources {
             proc: Arc::new(LiveProc),
             cgroups: Arc::new(LiveCgroupFs),
             roots: MemcgRoots::detect(),
+            reaper: Arc::new(PidFdReaper),
         }
     }
 }
@@ -87,6 +93,7 @@ pub struct Observer {
     backend: Arc<dyn KernelBackend>,
     state: Mutex<ObserverState>,
     proc: Arc<dyn ProcSource>,
+    reaper: Arc<dyn Reaper>,
     notices: broadcast::Sender<Notice>,
     exits: Notify,
     processed: AtomicU64,
@@ -150,6 +157,7 @@ impl Observer {
             backend,
             state: Mutex::new(state),
             proc: sources.proc,
+            reaper: sources.reaper,
             notices: broadcast::channel(NOTICE_CAPACITY).0,
             exits: Notify::new(),
             processed: AtomicU64::new(0),
@@ -206,6 +214,12 @@ impl Observer {
     /// The task's live process tree and recent execs.
     pub fn tree(&self, key: TaskKey) -> Option<ProcessTree> {
         lock(&self.state).tree(key)
+    }
+
+    /// The state machine, for scenario tests.
+    #[cfg(test)]
+    pub(crate) fn state_for_tests(&self) -> MutexGuard<'_, ObserverState> {
+        lock(&self.state)
     }
 
     /// Live PIDs of the task.
@@ -298,6 +312,7 @@ impl Observer {
         for n in notices {
             let _ = self.notices.send(n);
         }
+        self.maybe_check_escapes(now);
         if full {
             let mut rate = lock(&self.rate);
             rate.push_back((Instant::now(), self.processed.load(Ordering::Relaxed)));

@@ -205,7 +205,7 @@ impl ObserverState {
     }
 
     /// Emits (or queues, or rate-limits) one notice.
-    fn emit(
+    pub(super) fn emit(
         &mut self,
         key: TaskKey,
         message: String,

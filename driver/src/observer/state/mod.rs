@@ -4,6 +4,7 @@
 
 mod apply;
 mod query;
+mod strays;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -21,6 +22,9 @@ use super::{
     tree::ProcTable,
 };
 
+/// Default period of the escape check.
+pub const DEFAULT_ESCAPE_CHECK_NS: u64 = 2_000_000_000;
+
 /// Tunables of the observer.
 #[derive(Clone, Debug)]
 pub struct ObserverConfig {
@@ -35,6 +39,9 @@ pub struct ObserverConfig {
     /// State of a task key no driver call claimed (records left from an earlier driver) is
     /// dropped after this long.
     pub orphan_ttl_ns: u64,
+    /// How often running tasks' processes are checked for having left the task's cgroup
+    /// (escapes); 0 turns the check off.
+    pub escape_check_ns: u64,
 }
 
 impl Default for ObserverConfig {
@@ -45,6 +52,7 @@ impl Default for ObserverConfig {
             notice_delay_ns: 250_000_000,
             oom_window_ns: 5_000_000_000,
             orphan_ttl_ns: 600_000_000_000,
+            escape_check_ns: DEFAULT_ESCAPE_CHECK_NS,
         }
     }
 }
@@ -68,6 +76,11 @@ pub(crate) struct TaskState {
     deferred_ooms: Vec<DeferredOom>,
     limit: RateLimit,
     created_ns: u64,
+    /// One of the task's processes was seen in the task's own cgroup: escape checks are armed
+    /// (a task whose cgroup was never joined has nothing to escape from).
+    home_seen: bool,
+    /// Escapees already reported, by (pid, start time): one event per escapee.
+    escapes_reported: HashSet<(u32, u64)>,
 }
 
 /// An OOM kill whose scope waits for the task's memory cgroup.
@@ -98,6 +111,8 @@ pub struct ObserverState {
     roots: MemcgRoots,
     /// `CLOCK_REALTIME - CLOCK_MONOTONIC`, to turn probe times into wall-clock times.
     wall_offset_ns: i128,
+    /// When the next escape check is due (`CLOCK_MONOTONIC`).
+    next_escape_check_ns: u64,
 }
 
 impl ObserverState {
@@ -121,6 +136,7 @@ impl ObserverState {
             cgroups,
             roots,
             wall_offset_ns,
+            next_escape_check_ns: 0,
         }
     }
 
@@ -148,6 +164,8 @@ impl ObserverState {
             deferred_ooms: Vec::new(),
             limit: RateLimit::default(),
             created_ns: now_ns,
+            home_seen: false,
+            escapes_reported: HashSet::new(),
         })
     }
 
