@@ -117,6 +117,7 @@ fn v2_placement_and_cgroup_kill_on_the_real_kernel() {
     let cg = TaskCgroups {
         mode: CgroupMode::V2,
         dirs: vec![own.0.clone()],
+        owned: Vec::new(),
     };
     check_place_and_kill(&cg);
 }
@@ -141,6 +142,63 @@ fn v1_placement_and_freezer_kill_on_the_real_kernel() {
             "/nonexistent/cpu".into(),
             "/nonexistent/memory".into(),
         ],
+        owned: Vec::new(),
     };
     check_place_and_kill(&cg);
+}
+
+/// v1 devices cgroup: the standard nodes work, a device outside the rules is refused even to
+/// root, and an assigned device with permissions "r" can be read but not written. (If the write
+/// were allowed, the test would leave one line "bpfexec-test" in the kernel log.)
+#[test]
+fn v1_devices_cgroup_restricts_devices_on_the_real_kernel() {
+    use bpfexec_driver::cgroups::devices::{self, DeviceRule};
+    if !preconditions() {
+        return;
+    }
+    let hierarchy = Path::new("/sys/fs/cgroup/devices");
+    if !hierarchy.join("devices.allow").exists() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI=true but this machine has no cgroup v1 devices hierarchy"
+        );
+        println!("SKIP: no cgroup v1 devices hierarchy");
+        return;
+    }
+    let dir = hierarchy.join(format!("bpfexec-test-devices-{}", std::process::id()));
+    let mut rules = devices::standard_rules();
+    // An assigned device with read permission only (not one of the standard nodes).
+    rules.push(DeviceRule::for_node(Path::new("/dev/kmsg"), "r").expect("rule for /dev/kmsg"));
+    assert!(devices::create(&dir, &rules).expect("creating the devices cgroup"));
+    let join = dir.join("tasks");
+    let script = r#"
+head -c 1 /dev/zero > /dev/null && echo zero=ok
+msg=$(head -c 1 /dev/loop-control 2>&1 > /dev/null)
+case "$msg" in *"not permitted"*) echo loop_control=denied ;; *) echo "loop_control=other $msg" ;; esac
+dd if=/dev/kmsg of=/dev/null bs=8192 count=1 2>/dev/null && echo kmsg_read=ok
+msg=$( (echo bpfexec-test > /dev/kmsg) 2>&1 )
+case "$msg" in *"not permitted"*) echo kmsg_write=denied ;; *) echo "kmsg_write=other $msg" ;; esac
+"#;
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args(["-c", script]);
+    // SAFETY: runs in the forked child before exec; one open and one write.
+    unsafe {
+        cmd.pre_exec(move || fs::write(&join, "0"));
+    }
+    let out = cmd.output().expect("running the shell");
+    let _ = devices::remove(&dir);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    for want in [
+        "zero=ok",
+        "loop_control=denied",
+        "kmsg_read=ok",
+        "kmsg_write=denied",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.trim() == want),
+            "{want} not in {stdout}"
+        );
+    }
+    assert!(!dir.exists(), "the test's devices cgroup was not removed");
 }

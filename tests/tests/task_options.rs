@@ -142,6 +142,13 @@ fn cgroup_and_limits(agent: &mut Agent) -> Result<()> {
                 paths.get(ctrl)
             );
         }
+        // The driver's own devices cgroup for the task (Nomad makes none on v1).
+        let want = format!("/nomad/{alloc}.{TASK}");
+        ensure!(
+            paths.get("devices") == Some(&want),
+            "pid {pid}: devices cgroup is {:?}, expected {want}; /proc/{pid}/cgroup:\n{text}",
+            paths.get("devices")
+        );
         // No reserved cores: Nomad's shared cpuset partition.
         ensure!(
             paths.get("cpuset").map(String::as_str) == Some("/nomad/share"),
@@ -162,6 +169,11 @@ fn cgroup_and_limits(agent: &mut Agent) -> Result<()> {
             "cpu.shares = {shares}, expected 100 (cpu = 100)"
         );
         println!("memory.limit_in_bytes = {mem}, cpu.shares = {shares}");
+        let list = read_trim(&v1_task_cgroup("devices", &alloc, TASK).join("devices.list"))?;
+        ensure!(
+            list.lines().any(|l| l == "c 1:3 rwm") && !list.lines().any(|l| l.starts_with("a ")),
+            "devices.list does not deny by default with /dev/null allowed:\n{list}"
+        );
     }
     let adj = read_trim(std::path::Path::new(&format!("/proc/{main}/oom_score_adj")))?;
     ensure!(
@@ -169,6 +181,18 @@ fn cgroup_and_limits(agent: &mut Agent) -> Result<()> {
         "oom_score_adj of the task is {adj}, expected 300"
     );
     stop_and_wait(agent, &job_id, &alloc)?;
+    if !host_is_cgroup_v2() {
+        // Destroying the task (the client's garbage collection) removes the driver's devices
+        // cgroup.
+        let devices = v1_task_cgroup("devices", &alloc, TASK);
+        agent.api().client_gc()?;
+        bpfexec_e2e::wait::poll_until(
+            "the task's devices cgroup to be removed",
+            TIMEOUT,
+            bpfexec_e2e::wait::POLL,
+            |_| Ok((!devices.exists()).then_some(())),
+        )?;
+    }
     Ok(())
 }
 

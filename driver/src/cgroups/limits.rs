@@ -142,6 +142,7 @@ mod tests {
         TaskCgroups {
             mode: CgroupMode::V2,
             dirs: vec![dir.to_path_buf()],
+            owned: Vec::new(),
         }
     }
 
@@ -238,6 +239,7 @@ mod tests {
         let v1 = TaskCgroups {
             mode: CgroupMode::V1,
             dirs: vec!["/f".into(), "/c".into(), root.path().to_path_buf()],
+            owned: Vec::new(),
         };
         fs::write(
             root.path().join("memory.oom_control"),

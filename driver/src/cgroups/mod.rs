@@ -6,6 +6,7 @@
 //! v1: `cpuset_cgroup` is the cpuset directory only; the freezer, cpu and memory directories are
 //! `<root>/<controller>/nomad/<allocID>.<task>`.
 
+pub mod devices;
 mod home;
 mod kill;
 pub mod limits;
@@ -58,6 +59,10 @@ pub struct TaskCgroups {
     pub mode: CgroupMode,
     /// v2: the scope. v1: freezer, cpu, memory, then cpuset.
     pub dirs: Vec<PathBuf>,
+    /// Directories the driver created for the task (v1 `devices`): joined like the others and
+    /// removed when the task is destroyed.
+    #[serde(default)]
+    pub owned: Vec<PathBuf>,
 }
 
 impl TaskCgroups {
@@ -85,7 +90,11 @@ impl TaskCgroups {
                 dirs
             }
         };
-        Some(Self { mode, dirs })
+        Some(Self {
+            mode,
+            dirs,
+            owned: Vec::new(),
+        })
     }
 
     /// The files the task's process writes "0" to, to join its cgroups: those whose directory
@@ -101,6 +110,7 @@ impl TaskCgroups {
         };
         self.dirs
             .iter()
+            .chain(&self.owned)
             .filter(|d| d.is_dir())
             .map(|d| d.join(file))
             .collect()

@@ -2,6 +2,7 @@
 //! Nomad's driver contract (plugins/drivers). Each task is owned by its own supervisor process;
 //! this table is only the plugin's view of them and can be rebuilt from `driver_state`.
 
+mod devcg;
 pub mod exec;
 pub mod launch;
 pub mod observe;
@@ -160,7 +161,7 @@ impl TaskManager {
             return Ok(existing.state.clone());
         }
         let task_cfg = TaskConfig::decode(&cfg.msgpack_driver_config)?;
-        let cgroups = ctx.cgroup_mode.and_then(|mode| {
+        let mut cgroups = ctx.cgroup_mode.and_then(|mode| {
             let cpuset = cfg
                 .resources
                 .as_ref()?
@@ -202,11 +203,21 @@ impl TaskManager {
             std::fs::create_dir_all(&sb.root)
                 .map_err(|e| DriverError::io(format!("creating {}", sb.root.display()), e))?;
         }
+        // Last before the launch: a failed launch removes it again.
+        if let Some(cg) = &mut cgroups
+            && spec.sandbox.is_some()
+            && let Some(join) = devcg::restrict(cg, &ctx.cgroup_root, &cfg)?
+        {
+            spec.cgroup_join.push(join);
+        }
         let oom_kills_before = cgroups.as_ref().and_then(limits::oom_kills).unwrap_or(0);
         let launched = match launch::launch(&dir, &spec).await {
             Ok(l) => l,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
+                if let Some(cg) = &cgroups {
+                    devcg::remove_owned(&cfg.id, cg);
+                }
                 return Err(e);
             }
         };
@@ -368,6 +379,9 @@ impl TaskManager {
         }
         self.table().remove(id);
         self.observation.forget(id);
+        if let Some(cg) = &task.state.cgroups {
+            devcg::remove_owned(id, cg);
+        }
         if let Err(e) = std::fs::remove_dir_all(&task.state.dir)
             && e.kind() != std::io::ErrorKind::NotFound
         {

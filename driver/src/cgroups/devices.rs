@@ -1,0 +1,188 @@
+//! cgroup v1 `devices` controller for isolated tasks, as Nomad's exec driver has it: every device
+//! is denied except the few nodes a task's /dev holds (null, zero, full, random, urandom, tty, its
+//! own devpts and ptmx) and those Nomad's device plugins assigned to it, with the permissions
+//! Nomad passed (`r`, `w`, `m`). Nomad creates no task directory in this hierarchy, so the
+//! driver creates `devices/nomad/<alloc>.<task>` at start and removes it when the task is
+//! destroyed. cgroup v2 has no devices file interface (it takes a BPF_CGROUP_DEVICE program).
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// One `devices.allow` line: `<c|b> <major|*>:<minor|*> <access>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRule {
+    pub block: bool,
+    pub major: Option<u64>,
+    pub minor: Option<u64>,
+    pub access: String,
+}
+
+impl DeviceRule {
+    const fn char_dev(major: u64, minor: Option<u64>) -> Self {
+        Self {
+            block: false,
+            major: Some(major),
+            minor,
+            access: String::new(),
+        }
+    }
+
+    /// The line the kernel takes.
+    #[must_use]
+    pub fn line(&self) -> String {
+        let num = |n: Option<u64>| n.map_or_else(|| "*".to_owned(), |n| n.to_string());
+        let access = if self.access.is_empty() {
+            "rwm"
+        } else {
+            self.access.as_str()
+        };
+        format!(
+            "{} {}:{} {access}",
+            if self.block { 'b' } else { 'c' },
+            num(self.major),
+            num(self.minor)
+        )
+    }
+
+    /// The rule for a host device node and Nomad's permissions for it (letters other than
+    /// `r`, `w` and `m` are dropped; none at all means `rwm`).
+    pub fn for_node(host_path: &Path, permissions: &str) -> io::Result<Self> {
+        let meta = fs::metadata(host_path)?;
+        let kind = meta.file_type();
+        if !kind.is_char_device() && !kind.is_block_device() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a device node", host_path.display()),
+            ));
+        }
+        let rdev = std::os::unix::fs::MetadataExt::rdev(&meta);
+        let access: String = permissions
+            .chars()
+            .filter(|c| matches!(c, 'r' | 'w' | 'm'))
+            .collect();
+        Ok(Self {
+            block: kind.is_block_device(),
+            major: Some(nix::sys::stat::major(rdev)),
+            minor: Some(nix::sys::stat::minor(rdev)),
+            access,
+        })
+    }
+}
+
+/// What every isolated task may use: the nodes the sandbox puts in its /dev.
+#[must_use]
+pub fn standard_rules() -> Vec<DeviceRule> {
+    [
+        (1, Some(3)), // null
+        (1, Some(5)), // zero
+        (1, Some(7)), // full
+        (1, Some(8)), // random
+        (1, Some(9)), // urandom
+        (5, Some(0)), // tty
+        (5, Some(2)), // ptmx
+        (136, None),  // the task's own devpts
+    ]
+    .into_iter()
+    .map(|(major, minor)| DeviceRule::char_dev(major, minor))
+    .collect()
+}
+
+/// `<root>/devices/nomad/<alloc>.<task>`.
+#[must_use]
+pub fn task_dir(root: &Path, alloc_id: &str, task: &str) -> PathBuf {
+    root.join("devices")
+        .join("nomad")
+        .join(format!("{alloc_id}.{task}"))
+}
+
+/// Creates the task's devices cgroup (its parent must exist: Nomad's `nomad` directory in the
+/// devices hierarchy) and writes its rules: deny all, then allow `rules`. Returns `Ok(false)`
+/// when the hierarchy or its `nomad` parent does not exist (nothing to enforce with).
+pub fn create(dir: &Path, rules: &[DeviceRule]) -> io::Result<bool> {
+    let Some(parent) = dir.parent() else {
+        return Ok(false);
+    };
+    if !parent.join("devices.allow").exists() {
+        return Ok(false);
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    write_rule(&dir.join("devices.deny"), "a")?;
+    for rule in rules {
+        write_rule(&dir.join("devices.allow"), &rule.line())?;
+    }
+    Ok(true)
+}
+
+fn write_rule(file: &Path, line: &str) -> io::Result<()> {
+    // Each write is one command to the kernel; append keeps a plain file (tests) whole too.
+    OpenOptions::new()
+        .append(true)
+        .open(file)
+        .and_then(|mut f| f.write_all(line.as_bytes()))
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("writing {line:?} to {}: {e}", file.display()),
+            )
+        })
+}
+
+/// Removes the task's devices cgroup once its processes are gone (a dying process can hold it
+/// for a moment, so it retries briefly). A missing directory is fine.
+pub fn remove(dir: &Path) -> io::Result<()> {
+    let mut last = None;
+    for _ in 0..20 {
+        match fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("could not remove the devices cgroup")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_render_as_the_kernel_expects() {
+        let lines: Vec<String> = standard_rules().iter().map(DeviceRule::line).collect();
+        assert!(lines.contains(&"c 1:3 rwm".to_owned()));
+        assert!(lines.contains(&"c 136:* rwm".to_owned()));
+        let null = DeviceRule::for_node(Path::new("/dev/null"), "r-xw").expect("null");
+        assert_eq!(null.line(), "c 1:3 rw");
+        assert!(DeviceRule::for_node(Path::new("/etc/hostname"), "rwm").is_err());
+    }
+
+    #[test]
+    fn create_denies_all_then_allows_and_needs_the_parent() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = task_dir(root.path(), "a1", "web");
+        assert!(!create(&dir, &standard_rules()).expect("no hierarchy"));
+        let parent = dir.parent().expect("parent");
+        fs::create_dir_all(parent).expect("mkdir");
+        fs::write(parent.join("devices.allow"), "").expect("parent file");
+        // A real cgroup directory comes with its files; the fake needs them made.
+        fs::create_dir_all(&dir).expect("mkdir");
+        fs::write(dir.join("devices.deny"), "").expect("deny");
+        fs::write(dir.join("devices.allow"), "").expect("allow");
+        assert!(create(&dir, &standard_rules()[..2]).expect("create"));
+        assert_eq!(
+            fs::read_to_string(dir.join("devices.deny")).expect("read"),
+            "a"
+        );
+        assert_eq!(
+            fs::read_to_string(dir.join("devices.allow")).expect("read"),
+            "c 1:3 rwmc 1:5 rwm"
+        );
+    }
+}
