@@ -260,6 +260,7 @@ impl Driver for DriverService {
         let interval = duration(req.collection_interval.as_ref()).max(Duration::from_millis(100));
         let mhz = self.rt.configured().map_or(0.0, |c| c.compute.mhz_per_core);
         let observation = Arc::clone(&self.rt.tasks.observation);
+        tracing::debug!(task_id = %req.task_id, interval_ms = interval.as_millis() as u64, "TaskStats stream opened");
         Ok(Response::new(stream_from(move |tx| async move {
             let mut sampler = crate::stats::Sampler::new(mhz);
             let mut ticker = tokio::time::interval(interval);

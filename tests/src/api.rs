@@ -231,6 +231,12 @@ impl Client {
         Ok(())
     }
 
+    /// The client's resource usage of an allocation (`/v1/client/allocation/<id>/stats`): the
+    /// TaskStats the driver streams, per task, with per-pid usage under `Pids`.
+    pub fn alloc_stats(&self, alloc: &str) -> Result<Value> {
+        self.get_json(&format!("/v1/client/allocation/{alloc}/stats"))
+    }
+
     /// Evaluations of a job, for "why was nothing placed" diagnostics.
     pub fn job_evaluations(&self, job: &str) -> Result<Value> {
         self.get_json(&format!("/v1/job/{job}/evaluations"))

@@ -100,6 +100,14 @@ server {{
   bootstrap_expect = 1
 }}
 
+# Nomad 1.10 asks drivers for TaskStats (the per-task and per-pid usage behind
+# `nomad alloc status -stats` and /v1/client/allocation/<id>/stats) only when allocation
+# metrics are published.
+telemetry {{
+  publish_allocation_metrics = true
+  collection_interval        = "1s"
+}}
+
 client {{
   enabled           = true
   network_interface = "lo"

@@ -43,6 +43,10 @@ fn process_tree() {
                 run: tree_matches_ps,
             },
             Check {
+                name: "task_stats_per_pid",
+                run: task_stats_per_pid,
+            },
+            Check {
                 name: "exec_history_from_start",
                 run: exec_history_from_start,
             },
@@ -254,6 +258,46 @@ fn exec_history_from_start(agent: &mut Agent) -> Result<()> {
         missing.join(", "),
         tree.execs
     );
+    Ok(())
+}
+
+/// Nomad's view of the task's resource usage (the driver's TaskStats) has per-pid CPU and memory
+/// for every process of the chain.
+fn task_stats_per_pid(agent: &mut Agent) -> Result<()> {
+    let (job_id, alloc, tree) = start_chain(agent, "stats")?;
+    let want: Vec<String> = tree.processes.iter().map(|p| p.pid.to_string()).collect();
+    let api = agent.api();
+    let pids = poll_until(
+        "per-pid usage of every process of the chain in the alloc stats",
+        Duration::from_secs(20),
+        POLL,
+        |last| {
+            let stats = api.alloc_stats(&alloc)?;
+            let pids = stats["Tasks"][TASK]["Pids"].clone();
+            *last = stats.to_string().chars().take(3000).collect();
+            Ok(pids
+                .as_object()
+                .is_some_and(|m| want.iter().all(|p| m.contains_key(p)))
+                .then_some(pids))
+        },
+    )?;
+    for pid in &want {
+        let rss = pids[pid.as_str()]["MemoryStats"]["RSS"]
+            .as_u64()
+            .unwrap_or(0);
+        ensure!(
+            rss > 0,
+            "pid {pid} has no RSS in its per-pid usage: {}",
+            pids[pid.as_str()]
+        );
+        ensure!(
+            pids[pid.as_str()]["CpuStats"].is_object(),
+            "pid {pid} has no CPU stats: {}",
+            pids[pid.as_str()]
+        );
+    }
+    println!("per-pid usage for {want:?}");
+    stop_and_wait(agent, &job_id, &alloc)?;
     Ok(())
 }
 
