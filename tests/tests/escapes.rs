@@ -156,15 +156,10 @@ fn expect_dead(pid: i32, alloc: &str) -> Result<()> {
     )
 }
 
-fn escape_while_running(agent: &mut Agent) -> Result<()> {
-    let cg = TestCgroup::create()?;
-    let script = format!(
-        "echo $$ > \"$NOMAD_ALLOC_DIR/pid\"\n{}{}while :; do sleep 0.2; done\n",
-        cg.escapee("escapee"),
-        await_sleep("escapee")
-    );
-    let job =
-        suite::service("escape").raw_config(&shell_config(&script, &["isolation = \"none\""]));
+/// Starts a raw-mode service job running `script` (which writes the main pid to `pid` and the
+/// escapee's to `escapee` in the alloc dir); returns (job id, alloc id, main pid, escapee pid).
+fn start_escaper(agent: &Agent, prefix: &str, script: &str) -> Result<(String, String, i32, i32)> {
+    let job = suite::service(prefix).raw_config(&shell_config(script, &["isolation = \"none\""]));
     let api = agent.api();
     let job_id = api.register_job(&job.to_hcl())?;
     let alloc = api.wait_job_alloc(&job_id, TIMEOUT)?;
@@ -173,6 +168,18 @@ fn escape_while_running(agent: &mut Agent) -> Result<()> {
     let escapee: i32 = wait_file(&alloc_file(agent, &alloc, "escapee"), TIMEOUT)?
         .parse()
         .context("the escapee's pid")?;
+    Ok((job_id, alloc, main, escapee))
+}
+
+fn escape_while_running(agent: &mut Agent) -> Result<()> {
+    let cg = TestCgroup::create()?;
+    let script = format!(
+        "echo $$ > \"$NOMAD_ALLOC_DIR/pid\"\n{}{}while :; do sleep 0.2; done\n",
+        cg.escapee("escapee"),
+        await_sleep("escapee")
+    );
+    let (job_id, alloc, main, escapee) = start_escaper(agent, "escape", &script)?;
+    let api = agent.api();
     println!(
         "main pid {main}, escapee pid {escapee}, test cgroup {}",
         cg.path
@@ -221,16 +228,8 @@ fn leak_at_stop(agent: &mut Agent) -> Result<()> {
         cg.escapee("escapee"),
         await_sleep("escapee")
     );
-    let job =
-        suite::service("leak-stop").raw_config(&shell_config(&script, &["isolation = \"none\""]));
+    let (job_id, alloc, _, escapee) = start_escaper(agent, "leak-stop", &script)?;
     let api = agent.api();
-    let job_id = api.register_job(&job.to_hcl())?;
-    let alloc = api.wait_job_alloc(&job_id, TIMEOUT)?;
-    api.wait_alloc_status(&alloc, &["running"], TIMEOUT)?;
-    wait_task_pid(agent, &alloc, "pid")?;
-    let escapee: i32 = wait_file(&alloc_file(agent, &alloc, "escapee"), TIMEOUT)?
-        .parse()
-        .context("the escapee's pid")?;
     ensure!(
         cg.members().contains(&escapee),
         "the escapee {escapee} is not in the test cgroup: {:?}",

@@ -286,19 +286,18 @@ fn storms_with_probes(agent: &Agent, opts: &Options, runs: &mut Vec<storm::Run>)
     Ok(())
 }
 
+/// Storms on the host while no agent of ours runs (the probes-off baseline).
+fn storms_without_agent(opts: &Options, runs: &mut Vec<storm::Run>) -> Result<()> {
+    host_storms(opts, opts.storm_reps, Place::HostProbesOff, None, runs)
+}
+
 fn inner(opts: &Options) -> Result<()> {
     let t0 = Instant::now();
     let mut storm_runs = Vec::new();
     let mut foreign = storm::foreign_plugins(None);
     if opts.storm_reps > 0 {
         let t = phase("exec storm on the host, no agent of ours (probes not loaded)");
-        host_storms(
-            opts,
-            opts.storm_reps,
-            Place::HostProbesOff,
-            None,
-            &mut storm_runs,
-        )?;
+        storms_without_agent(opts, &mut storm_runs)?;
         done(t);
     }
     let (agent, http) = start_agent()?;
@@ -323,13 +322,7 @@ fn inner(opts: &Options) -> Result<()> {
     drop(agent);
     if opts.storm_reps > 0 {
         let t = phase("exec storm on the host again, our agent stopped (probes unloaded)");
-        host_storms(
-            opts,
-            opts.storm_reps,
-            Place::HostProbesOff,
-            None,
-            &mut storm_runs,
-        )?;
+        storms_without_agent(opts, &mut storm_runs)?;
         foreign = foreign.max(storm::foreign_plugins(None));
         done(t);
     }

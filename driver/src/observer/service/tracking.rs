@@ -60,7 +60,14 @@ impl Observer {
         let main = meta.main_pid;
         self.register(key, meta.clone(), before_exec);
         lock(&self.state).seed(key, main, stat.ppid, monotonic_ns());
-        let processes = 1 + self.scan(key, &[main]).map_err(&err)?;
+        // A process that registered itself before its exec could not fork before it either:
+        // the probes track every descendant and their records fill the tree, so the scan of
+        // /proc (a millisecond or more per pass on a busy host) is only for the other case.
+        let processes = 1 + if self_registered {
+            0
+        } else {
+            self.scan(key, &[main]).map_err(&err)?
+        };
         Ok(TrackReport {
             processes,
             kernel_facts_reused: existing.is_some_and(|f| f.main_pid == main),
