@@ -59,6 +59,7 @@ fn meta(name: &str, alloc: &str, pid: u32) -> TaskMeta {
         supervisor_pid: None,
         memcg_dir: None,
         home: None,
+        other_homes: Vec::new(),
     }
 }
 

@@ -55,6 +55,10 @@ pub struct TaskMeta {
     /// task runs is an escape. `None`: no task cgroup, no escape check.
     #[serde(default)]
     pub home: Option<crate::cgroups::CgroupHome>,
+    /// cgroup v1: the task's cpu and memory cgroups, judged like `home` (a process that leaves
+    /// only one of them escapes its limits too).
+    #[serde(default)]
+    pub other_homes: Vec<crate::cgroups::CgroupHome>,
 }
 
 impl TaskMeta {

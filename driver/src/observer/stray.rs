@@ -20,8 +20,10 @@ pub struct Stray {
     /// Start time in clock ticks since boot: the process's identity with the PID.
     pub start_time: u64,
     pub comm: String,
-    /// For an escape, its cgroup path (in the hierarchy of the task's own cgroup).
+    /// For an escape, its cgroup path (in the hierarchy of `left`).
     pub cgroup: Option<String>,
+    /// For an escape, the task cgroup it left (None: the task's own one).
+    pub left: Option<CgroupHome>,
 }
 
 impl Stray {
@@ -37,6 +39,7 @@ pub fn escape_notice(
     home: &CgroupHome,
     result: &Result<Reaped, ReapError>,
 ) -> Option<(String, BTreeMap<String, String>)> {
+    let home = stray.left.as_ref().unwrap_or(home);
     let now_in = stray.cgroup.clone().unwrap_or_default();
     let mut a = BTreeMap::new();
     a.insert("reason".to_owned(), "cgroup-escape".to_owned());
@@ -159,6 +162,7 @@ mod tests {
             start_time: u64::from(pid) * 10,
             comm: comm.into(),
             cgroup: cgroup.map(str::to_owned),
+            left: None,
         }
     }
 

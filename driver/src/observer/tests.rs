@@ -83,6 +83,7 @@ fn meta(task: &str, alloc: &str, main: u32) -> TaskMeta {
         supervisor_pid: Some(99),
         memcg_dir: None,
         home: None,
+        other_homes: Vec::new(),
     }
 }
 

@@ -90,6 +90,11 @@ fn meta(cfg: &drivers::TaskConfig, state: &DriverState) -> TaskMeta {
             .cgroups
             .as_ref()
             .and_then(crate::cgroups::CgroupHome::of_task),
+        other_homes: state
+            .cgroups
+            .as_ref()
+            .map(crate::cgroups::CgroupHome::others_of_task)
+            .unwrap_or_default(),
     }
 }
 

@@ -56,7 +56,21 @@ fn judge(proc: &dyn ProcSource, home: &CgroupHome, pid: u32) -> Verdict {
         start_time: after.start_time,
         comm: after.comm,
         cgroup: Some(path.to_owned()),
+        left: Some(home.clone()),
     })
+}
+
+/// Judges `pid` against each of the task's homes: away from any one is away.
+fn judge_all(proc: &dyn ProcSource, homes: &[&CgroupHome], pid: u32) -> Verdict {
+    let mut verdict = Verdict::Unknown;
+    for home in homes {
+        match judge(proc, home, pid) {
+            Verdict::Away(s) => return Verdict::Away(s),
+            Verdict::Home => verdict = Verdict::Home,
+            Verdict::Unknown => {}
+        }
+    }
+    verdict
 }
 
 impl ObserverState {
@@ -79,12 +93,16 @@ impl ObserverState {
             if t.main_exit_seen {
                 continue;
             }
-            let Some(home) = t.meta.as_ref().and_then(|m| m.home.as_ref()) else {
+            let Some(meta) = t.meta.as_ref() else {
                 continue;
             };
+            let Some(home) = meta.home.as_ref() else {
+                continue;
+            };
+            let homes: Vec<&CgroupHome> = std::iter::once(home).chain(&meta.other_homes).collect();
             let mut away = Vec::new();
             for pid in t.table.pids() {
-                match judge(proc.as_ref(), home, pid) {
+                match judge_all(proc.as_ref(), &homes, pid) {
                     Verdict::Home => t.home_seen = true,
                     Verdict::Away(s) if !t.escapes_reported.contains(&(s.pid, s.start_time)) => {
                         away.push(s);
@@ -136,6 +154,7 @@ impl ObserverState {
                     start_time: st.start_time,
                     comm: st.comm,
                     cgroup: None,
+                    left: None,
                 })
             })
             .collect()

@@ -251,3 +251,42 @@ async fn a_task_that_ended_cleanly_has_no_leak() {
 fn lock_state(o: &Observer) -> std::sync::MutexGuard<'_, ObserverState> {
     o.state_for_tests()
 }
+
+#[tokio::test]
+async fn leaving_only_the_memory_cgroup_is_an_escape_too() {
+    let w = World::new();
+    for (pid, parent, comm) in [(100, 99, "sh"), (101, 100, "sleep")] {
+        w.proc.add(pid, parent, comm, &[comm], u64::from(pid) * 10);
+        w.proc
+            .set_cgroup(pid, &format!("12:freezer:{HOME}\n4:memory:{HOME}\n0::/\n"));
+    }
+    let kernel = Arc::new(FakeKernel::default());
+    let o = observer(&w, &kernel);
+    let mut rx = o.notices();
+    let meta = TaskMeta {
+        other_homes: vec![CgroupHome {
+            controller: Some("memory".into()),
+            path: HOME.into(),
+        }],
+        ..homed_meta()
+    };
+    o.track(KEY, meta).unwrap();
+    o.check_escapes(SEC);
+    assert!(drain(&mut rx).is_empty(), "everyone is home");
+    // 101 stays in the task's freezer cgroup but moves to a memory cgroup without the limit.
+    w.proc.set_cgroup(
+        101,
+        &format!("12:freezer:{HOME}\n4:memory:/unlimited\n0::/\n"),
+    );
+    o.check_escapes(2 * SEC);
+    let n = drain(&mut rx);
+    assert_eq!(n.len(), 1, "{n:?}");
+    assert_eq!(n[0].annotations["hierarchy"], "memory");
+    assert_eq!(n[0].annotations["cgroup"], "/unlimited");
+    assert!(
+        n[0].message.contains("(memory hierarchy)"),
+        "{}",
+        n[0].message
+    );
+    assert_eq!(w.reaper.killed(), [101]);
+}
