@@ -166,7 +166,7 @@ fn v1_devices_cgroup_restricts_devices_on_the_real_kernel() {
         return;
     }
     let dir = hierarchy.join(format!("bpfexec-test-devices-{}", std::process::id()));
-    let mut rules = devices::standard_rules();
+    let mut rules = devices::standard_rules(&bpfexec_driver::supervisor::sandbox::DEV_NODES);
     // An assigned device with read permission only (not one of the standard nodes).
     rules.push(DeviceRule::for_node(Path::new("/dev/kmsg"), "r").expect("rule for /dev/kmsg"));
     assert!(devices::create(&dir, &rules).expect("creating the devices cgroup"));

@@ -39,32 +39,31 @@ pub struct CgroupHome {
 }
 
 impl CgroupHome {
-    /// The home of the task's own directory (v1 freezer, v2 scope), if it exists now and lies on
-    /// a cgroup mount of this process.
-    pub fn of_task(cg: &TaskCgroups) -> Option<Self> {
-        Self::of_dir(cg.own_dir()?, cg.mode)
-    }
-
-    /// On cgroup v1, the homes of the task's other limit-bearing directories (cpu, memory): a
-    /// process that leaves only one of them escapes those limits too. Empty on v2.
-    pub fn others_of_task(cg: &TaskCgroups) -> Vec<Self> {
-        if cg.mode != CgroupMode::V1 {
-            return Vec::new();
-        }
-        cg.dirs
-            .iter()
-            .skip(1)
-            .take(2)
-            .filter_map(|d| Self::of_dir(d, cg.mode))
-            .collect()
-    }
-
-    fn of_dir(dir: &Path, mode: CgroupMode) -> Option<Self> {
-        if !dir.is_dir() {
-            return None;
-        }
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-        Self::from_mountinfo(dir, mode, &mountinfo)
+    /// The homes of a task, from one reading of this process's mountinfo: that of its own
+    /// directory (v1 freezer, v2 scope), if it exists now and lies on a cgroup mount; and on
+    /// cgroup v1 those of its other limit-bearing directories (cpu, memory), since a process
+    /// that leaves only one of them escapes those limits too.
+    pub fn of_task(cg: &TaskCgroups) -> (Option<Self>, Vec<Self>) {
+        let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+            return (None, Vec::new());
+        };
+        let home = |d: &Path| {
+            d.is_dir()
+                .then(|| Self::from_mountinfo(d, cg.mode, &mountinfo))
+                .flatten()
+        };
+        let own = cg.own_dir().and_then(home);
+        let others = match cg.mode {
+            CgroupMode::V1 => cg
+                .dirs
+                .iter()
+                .skip(1)
+                .take(2)
+                .filter_map(|d| home(d))
+                .collect(),
+            CgroupMode::V2 => Vec::new(),
+        };
+        (own, others)
     }
 
     /// The home of cgroup directory `dir` given the text of a mountinfo file: the cgroup (v1) or

@@ -22,7 +22,7 @@ pub struct Stray {
     pub comm: String,
     /// For an escape, its cgroup path (in the hierarchy of `left`).
     pub cgroup: Option<String>,
-    /// For an escape, the task cgroup it left (None: the task's own one).
+    /// For an escape, the task cgroup it left (None for a leak).
     pub left: Option<CgroupHome>,
 }
 
@@ -32,14 +32,13 @@ impl Stray {
     }
 }
 
-/// The notice for an escape, or `None` when the process turned out not to be the task's any
-/// more once pinned.
+/// The notice for an escape (a stray with the cgroup it `left`), or `None` when the process
+/// turned out not to be the task's any more once pinned.
 pub fn escape_notice(
     stray: &Stray,
-    home: &CgroupHome,
     result: &Result<Reaped, ReapError>,
 ) -> Option<(String, BTreeMap<String, String>)> {
-    let home = stray.left.as_ref().unwrap_or(home);
+    let home = stray.left.as_ref()?;
     let now_in = stray.cgroup.clone().unwrap_or_default();
     let mut a = BTreeMap::new();
     a.insert("reason".to_owned(), "cgroup-escape".to_owned());
@@ -179,8 +178,11 @@ mod tests {
             controller: Some("freezer".into()),
             path: "/nomad/a1.web".into(),
         };
-        let s = stray(4711, "sleep", Some("/elsewhere"));
-        let (m, a) = escape_notice(&s, &home, &Ok(Reaped::Killed)).expect("notice");
+        let s = Stray {
+            left: Some(home),
+            ..stray(4711, "sleep", Some("/elsewhere"))
+        };
+        let (m, a) = escape_notice(&s, &Ok(Reaped::Killed)).expect("notice");
         assert_eq!(
             m,
             "Process pid 4711 (sleep) left the task's cgroup /nomad/a1.web for /elsewhere \
@@ -194,15 +196,15 @@ mod tests {
         );
         assert_eq!(a["task_cgroup"], "/nomad/a1.web");
         assert_eq!(a["action"], "killed");
-        let (m, a) = escape_notice(&s, &home, &Err(eperm(4711))).expect("notice");
+        let (m, a) = escape_notice(&s, &Err(eperm(4711))).expect("notice");
         assert!(
             m.contains("could not be killed (cannot SIGKILL pid 4711"),
             "{m}"
         );
         assert_eq!(a["action"], "kill_failed");
-        let (m, _) = escape_notice(&s, &home, &Ok(Reaped::Gone)).expect("notice");
+        let (m, _) = escape_notice(&s, &Ok(Reaped::Gone)).expect("notice");
         assert!(m.contains("exited before it could be killed"), "{m}");
-        assert!(escape_notice(&s, &home, &Ok(Reaped::NotOurs)).is_none());
+        assert!(escape_notice(&s, &Ok(Reaped::NotOurs)).is_none());
     }
 
     #[test]

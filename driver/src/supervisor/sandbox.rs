@@ -14,7 +14,9 @@ use nix::sched::{CloneFlags, setns, unshare};
 
 use super::spec::{Bind, Sandbox};
 
-const DEV_NODES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+/// The host device nodes bound into every isolated task's /dev (the devices cgroup allows
+/// exactly these, plus the task's own devpts).
+pub const DEV_NODES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
 fn err(what: impl std::fmt::Display, e: impl Into<io::Error>) -> io::Error {
     let e: io::Error = e.into();

@@ -206,9 +206,9 @@ impl TaskManager {
         // Last before the launch: a failed launch removes it again.
         if let Some(cg) = &mut cgroups
             && spec.sandbox.is_some()
-            && let Some(join) = devcg::restrict(cg, &ctx.cgroup_root, &cfg)?
         {
-            spec.cgroup_join.push(join);
+            devcg::restrict(cg, &ctx.cgroup_root, &cfg)?;
+            spec.cgroup_join = cg.join_files();
         }
         let oom_kills_before = cgroups.as_ref().and_then(limits::oom_kills).unwrap_or(0);
         let launched = match launch::launch(&dir, &spec).await {
@@ -216,7 +216,7 @@ impl TaskManager {
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
                 if let Some(cg) = &cgroups {
-                    devcg::remove_owned(&cfg.id, cg);
+                    devcg::remove_owned(&cfg.id, cg).await;
                 }
                 return Err(e);
             }
@@ -380,7 +380,7 @@ impl TaskManager {
         self.table().remove(id);
         self.observation.forget(id);
         if let Some(cg) = &task.state.cgroups {
-            devcg::remove_owned(id, cg);
+            devcg::remove_owned(id, cg).await;
         }
         if let Err(e) = std::fs::remove_dir_all(&task.state.dir)
             && e.kind() != std::io::ErrorKind::NotFound

@@ -74,6 +74,11 @@ fn main_exit(outcome: &Outcome) -> Option<MainExit> {
 }
 
 fn meta(cfg: &drivers::TaskConfig, state: &DriverState) -> TaskMeta {
+    let (home, other_homes) = state
+        .cgroups
+        .as_ref()
+        .map(crate::cgroups::CgroupHome::of_task)
+        .unwrap_or_default();
     TaskMeta {
         task_id: state.task_id.clone(),
         alloc_id: cfg.alloc_id.clone(),
@@ -86,15 +91,8 @@ fn meta(cfg: &drivers::TaskConfig, state: &DriverState) -> TaskMeta {
             .as_ref()
             .and_then(|c| c.memory_dir())
             .map(std::path::Path::to_path_buf),
-        home: state
-            .cgroups
-            .as_ref()
-            .and_then(crate::cgroups::CgroupHome::of_task),
-        other_homes: state
-            .cgroups
-            .as_ref()
-            .map(crate::cgroups::CgroupHome::others_of_task)
-            .unwrap_or_default(),
+        home,
+        other_homes,
     }
 }
 

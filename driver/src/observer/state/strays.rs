@@ -131,8 +131,7 @@ impl ObserverState {
     ) -> Option<Notice> {
         let t = self.tasks.get_mut(&key)?;
         t.escapes_reported.insert((stray.pid, stray.start_time));
-        let home = t.meta.as_ref()?.home.as_ref()?;
-        let (message, annotations) = escape_notice(stray, home, result)?;
+        let (message, annotations) = escape_notice(stray, result)?;
         self.emit(key, message, annotations, now)
     }
 
