@@ -1,8 +1,10 @@
 //! `cargo xtask`: project automation. Subcommands: setup (tool cache), env (paths for scripts
-//! and the e2e suite), build (driver + plugin dir), test (the full CI gate), demo, bench.
+//! and the e2e suite), build (driver + plugin dir), test (the full CI gate), demo, bench,
+//! dashboards (the Grafana dashboards and Prometheus rules in `dashboards/`).
 //! Arguments are parsed by hand; every child process runs without stdin so CI behaves the same.
 
 mod bench;
+mod dashboards;
 mod demo;
 mod driver;
 mod env;
@@ -27,6 +29,9 @@ commands:
                              setup, fmt, clippy, unit + privileged tests, build, e2e suite
   demo [--once] [--release]  start a Nomad agent with the driver on loopback, run examples/*.nomad.hcl
                              and report; keeps running until Ctrl-C unless --once
+  dashboards [--check]       write dashboards/ (Grafana dashboards, Prometheus rules, promtool
+                             tests) from xtask/src/dashboards/; --check: fail if stale, check
+                             the dashboards' structure, run promtool check/test
   bench [--debug] [--reps N] [--exec-reps N] [--tasks K] [--storm-execs N] [--storm-reps N]
         [--throughput-secs S] [--throughput-rates R,R,...] [--throughput-load N]
                              bpfexec vs exec vs raw_exec on one agent: start latency, helper
@@ -58,6 +63,7 @@ fn dispatch(args: &[String]) -> Result<()> {
         "test" => test::run(rest),
         "demo" => demo::run(rest),
         "bench" => bench::run(rest),
+        "dashboards" => dashboards::run(rest),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
+use crate::dashboards;
 use crate::driver;
 use crate::env::ToolEnv;
 use crate::setup;
@@ -100,6 +101,11 @@ pub fn run(args: &[String]) -> Result<()> {
                 }
                 util::run(&mut cmd)
             }),
+        ));
+        steps.push((
+            "dashboards",
+            "cargo xtask dashboards --check (fresh, structure, promtool check/test)".into(),
+            Box::new(dashboards::check),
         ));
     }
     if opts.e2e {
