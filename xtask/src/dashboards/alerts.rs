@@ -48,14 +48,15 @@ const TASK_EVENTS: [(&str, &str, &str); 7] = [
 ];
 
 /// Events of a per-task counter within `window`, in whole numbers: the change over the
-/// window. A series younger than the window counts from 0 (task series start at 0 when the task
-/// starts, so a task OOM-killed before its first scrape still counts, which `increase()` would
-/// miss) provided Prometheus already scraped the target a window ago; without that history
-/// (a fresh Prometheus) old events are not counted again. A counter reset (plugin restart)
-/// never counts negative.
+/// window. A series that appeared within the window while Prometheus was already scraping its
+/// target (it has fewer samples in the window than the target's `up`) counts from 0: task
+/// series start at 0 when the task starts, so a task OOM-killed before its first scrape still
+/// counts, which `increase()` would miss. A series a fresh Prometheus sees for the first time
+/// (as many samples as `up`) does not count its old events again. A counter reset (plugin
+/// restart) never counts negative.
 fn events_within(counter: &str, window: &str) -> String {
     format!(
-        "clamp_min(\n  {counter}\n  - (\n    {counter} offset {window}\n    or ({counter} * 0 and on (instance, job) up offset {window})\n    or {counter}\n  ),\n  0\n)"
+        "clamp_min(\n  {counter}\n  - (\n    {counter} offset {window}\n    or (\n      {counter} * 0\n      and count_over_time({counter}[{window}])\n        < on (instance, job) group_left () count_over_time(up[{window}])\n    )\n    or {counter}\n  ),\n  0\n)"
     )
 }
 
