@@ -7,6 +7,7 @@ use bpfexec_proto::drivers::{FingerprintResponse, fingerprint_response::HealthSt
 use bpfexec_proto::structs::{Attribute, attribute::Value};
 
 use crate::runtime::Runtime;
+use crate::tasks::devcg::DeviceControl;
 
 fn string(s: impl Into<String>) -> Attribute {
     Attribute {
@@ -33,6 +34,16 @@ pub async fn current(rt: &Runtime) -> FingerprintResponse {
         "driver.bpfexec.cgroup_mode".to_owned(),
         string(rt.cgroup_mode.map_or("none", |m| m.as_str())),
     );
+    if let Ok(cfg) = rt.configured() {
+        let control = DeviceControl::detect(rt.cgroup_mode, &cfg.start.cgroup_root);
+        attrs.insert(
+            "driver.bpfexec.devices".to_owned(),
+            string(control.attribute(&cfg.plugin)),
+        );
+        if let DeviceControl::Unavailable(why) = control {
+            attrs.insert("driver.bpfexec.devices.error".to_owned(), string(why));
+        }
+    }
     let (probes, attached, probe_error) = rt.probe_summary().await;
     attrs.insert("driver.bpfexec.probes".to_owned(), string(probes));
     if !attached.is_empty() {

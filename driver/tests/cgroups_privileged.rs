@@ -40,12 +40,8 @@ fn cgroup2_mount() -> Option<PathBuf> {
 struct OwnCgroup(PathBuf);
 
 impl OwnCgroup {
-    fn create(parent: &Path) -> Self {
-        let dir = parent.join(format!(
-            "bpfexec-test-{}-{}",
-            std::process::id(),
-            parent.file_name().and_then(|n| n.to_str()).unwrap_or("cg")
-        ));
+    fn create(parent: &Path, tag: &str) -> Self {
+        let dir = parent.join(format!("bpfexec-test-{}-{tag}", std::process::id()));
         fs::create_dir(&dir).expect("create our own test cgroup");
         Self(dir)
     }
@@ -113,7 +109,7 @@ fn v2_placement_and_cgroup_kill_on_the_real_kernel() {
     }
     let mount = cgroup2_mount().expect("a cgroup2 hierarchy is mounted on every supported kernel");
     assert_eq!(detect_mode(&mount).expect("mode"), CgroupMode::V2);
-    let own = OwnCgroup::create(&mount);
+    let own = OwnCgroup::create(&mount, "v2-kill");
     let cg = TaskCgroups {
         mode: CgroupMode::V2,
         dirs: vec![own.0.clone()],
@@ -133,7 +129,7 @@ fn v1_placement_and_freezer_kill_on_the_real_kernel() {
         println!("SKIP: no cgroup v1 freezer hierarchy on this host");
         return;
     }
-    let own = OwnCgroup::create(freezer);
+    let own = OwnCgroup::create(freezer, "v1-kill");
     // Only the freezer directory is ours; the other slots point at directories that do not exist.
     let cg = TaskCgroups {
         mode: CgroupMode::V1,
@@ -147,30 +143,20 @@ fn v1_placement_and_freezer_kill_on_the_real_kernel() {
     check_place_and_kill(&cg);
 }
 
-/// v1 devices cgroup: the standard nodes work, a device outside the rules is refused even to
-/// root, and an assigned device with permissions "r" can be read but not written. (If the write
-/// were allowed, the test would leave one line "bpfexec-test" in the kernel log.)
-#[test]
-fn v1_devices_cgroup_restricts_devices_on_the_real_kernel() {
+/// The device rules every device test applies: the standard nodes plus /dev/kmsg read-only (an
+/// assigned device with permissions "r", not one of the standard nodes).
+fn test_device_rules() -> Vec<bpfexec_driver::cgroups::devices::DeviceRule> {
     use bpfexec_driver::cgroups::devices::{self, DeviceRule};
-    if !preconditions() {
-        return;
-    }
-    let hierarchy = Path::new("/sys/fs/cgroup/devices");
-    if !hierarchy.join("devices.allow").exists() {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI=true but this machine has no cgroup v1 devices hierarchy"
-        );
-        println!("SKIP: no cgroup v1 devices hierarchy");
-        return;
-    }
-    let dir = hierarchy.join(format!("bpfexec-test-devices-{}", std::process::id()));
     let mut rules = devices::standard_rules(&bpfexec_driver::supervisor::sandbox::DEV_NODES);
-    // An assigned device with read permission only (not one of the standard nodes).
     rules.push(DeviceRule::for_node(Path::new("/dev/kmsg"), "r").expect("rule for /dev/kmsg"));
-    assert!(devices::create(&dir, &rules).expect("creating the devices cgroup"));
-    let join = dir.join("tasks");
+    rules
+}
+
+/// Runs a shell that joins the cgroup through `join` (writing "0") and checks, as root: the
+/// standard nodes work, a device outside the rules is refused, and /dev/kmsg can be read but not
+/// written. (If the write were allowed, the test would leave one line "bpfexec-test" in the
+/// kernel log.)
+fn check_device_rules(join: PathBuf) {
     let script = r#"
 head -c 1 /dev/zero > /dev/null && echo zero=ok
 msg=$(head -c 1 /dev/loop-control 2>&1 > /dev/null)
@@ -186,7 +172,6 @@ case "$msg" in *"not permitted"*) echo kmsg_write=denied ;; *) echo "kmsg_write=
         cmd.pre_exec(move || fs::write(&join, "0"));
     }
     let out = cmd.output().expect("running the shell");
-    let _ = devices::remove(&dir);
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("{stdout}");
     for want in [
@@ -200,5 +185,41 @@ case "$msg" in *"not permitted"*) echo kmsg_write=denied ;; *) echo "kmsg_write=
             "{want} not in {stdout}"
         );
     }
+}
+
+/// v1 devices cgroup: its missing parent is created (and removed again with the task's
+/// directory), and the rules hold on the real kernel. Not applicable on a cgroup-v2-only host
+/// (no v1 hierarchies; the device program test covers it there).
+#[test]
+fn v1_devices_cgroup_restricts_devices_on_the_real_kernel() {
+    use bpfexec_driver::cgroups::created::Ledger;
+    use bpfexec_driver::cgroups::devices;
+    if !preconditions() {
+        return;
+    }
+    if detect_mode(Path::new("/sys/fs/cgroup")).ok() == Some(CgroupMode::V2) {
+        println!("not applicable: this host runs cgroup v2 only (no v1 devices hierarchy)");
+        return;
+    }
+    let hierarchy = Path::new("/sys/fs/cgroup/devices");
+    assert!(
+        devices::available(Path::new("/sys/fs/cgroup")),
+        "this cgroup v1 host has no devices hierarchy at {}: the driver refuses isolated tasks \
+         there (unless allow_unrestricted_devices), and this test cannot run",
+        hierarchy.display()
+    );
+    // A parent of the test's own that does not exist yet, as `nomad` on a fresh host.
+    let parent = hierarchy.join(format!("bpfexec-test-devices-{}", std::process::id()));
+    let dir = parent.join("a1.task");
+    let ledger_dir = tempfile::tempdir().expect("ledger dir");
+    let ledger = Ledger::at(ledger_dir.path());
+    devices::create(&dir, &test_device_rules(), &ledger)
+        .expect("creating the devices cgroup and its parent");
+    check_device_rules(dir.join("tasks"));
+    devices::remove(&dir, &ledger).expect("removing the devices cgroup");
     assert!(!dir.exists(), "the test's devices cgroup was not removed");
+    assert!(
+        !parent.exists(),
+        "the parent the driver created was not removed"
+    );
 }

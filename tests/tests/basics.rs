@@ -93,6 +93,20 @@ fn fingerprint(agent: &mut Agent) -> Result<()> {
         probes == "loaded" || probes == "failed",
         "driver.bpfexec.probes = {probes:?}, expected loaded|failed"
     );
+    // Device rules are enforced on this host: no degraded mode was configured.
+    let devices =
+        attr("driver.bpfexec.devices").context("attribute driver.bpfexec.devices missing")?;
+    let want = if host_cgroup_mode() == "v2" {
+        "bpf-cgroup-device"
+    } else {
+        "cgroup-v1"
+    };
+    ensure!(
+        devices == want,
+        "driver.bpfexec.devices = {devices:?} (error: {:?}), expected {want} on this cgroup {} host",
+        attr("driver.bpfexec.devices.error"),
+        host_cgroup_mode()
+    );
     Ok(())
 }
 

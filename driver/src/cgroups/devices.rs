@@ -1,15 +1,18 @@
 //! cgroup v1 `devices` controller for isolated tasks, as Nomad's exec driver has it: every device
 //! is denied except the few nodes a task's /dev holds (null, zero, full, random, urandom, tty, its
 //! own devpts and ptmx) and those Nomad's device plugins assigned to it, with the permissions
-//! Nomad passed (`r`, `w`, `m`). Nomad creates no task directory in this hierarchy, so the
-//! driver creates `devices/nomad/<alloc>.<task>` at start and removes it when the task is
-//! destroyed. cgroup v2 has no devices file interface (it takes a BPF_CGROUP_DEVICE program).
+//! Nomad passed (`r`, `w`, `m`). Nomad creates nothing in this hierarchy, so the driver creates
+//! `devices/nomad/<alloc>.<task>` (and `devices/nomad` itself when missing, see `created`) at
+//! start and removes them when the task is destroyed. cgroup v2 has no devices file interface
+//! (it takes a BPF_CGROUP_DEVICE program).
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use super::created::Ledger;
 
 /// One `devices.allow` line: `<c|b> <major|*>:<minor|*> <access>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,39 +89,67 @@ pub fn standard_rules(nodes: &[&str]) -> Vec<DeviceRule> {
         .collect()
 }
 
+/// Why a task's device rules could not be put in place.
+#[derive(Debug, thiserror::Error)]
+pub enum DevicesError {
+    #[error("the cgroup v1 devices hierarchy is not mounted at {}", .0.display())]
+    NoHierarchy(PathBuf),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// The v1 devices hierarchy under the cgroup root.
+#[must_use]
+pub fn hierarchy(root: &Path) -> PathBuf {
+    root.join("devices")
+}
+
+/// True when the v1 devices hierarchy is mounted under `root`.
+#[must_use]
+pub fn available(root: &Path) -> bool {
+    hierarchy(root).join("devices.allow").exists()
+}
+
 /// `<root>/devices/nomad/<alloc>.<task>`.
 #[must_use]
 pub fn task_dir(root: &Path, alloc_id: &str, task: &str) -> PathBuf {
-    root.join("devices")
+    hierarchy(root)
         .join("nomad")
         .join(format!("{alloc_id}.{task}"))
 }
 
-/// Creates the task's devices cgroup (its parent must exist: Nomad's `nomad` directory in the
-/// devices hierarchy) and writes its rules: deny all, then allow `rules`. Returns `Ok(false)`
-/// when the hierarchy or its `nomad` parent does not exist (nothing to enforce with).
-pub fn create(dir: &Path, rules: &[DeviceRule]) -> io::Result<bool> {
-    let Some(parent) = dir.parent() else {
-        return Ok(false);
+/// Creates the task's devices cgroup `<hierarchy>/<parent>/<task>` and writes its rules: deny
+/// all, then allow `rules`. The parent (`nomad`, which Nomad does not make in this hierarchy) is
+/// created when missing and recorded in `ledger`, so `remove` takes it away again once the last
+/// task below it is gone.
+pub fn create(dir: &Path, rules: &[DeviceRule], ledger: &Ledger) -> Result<(), DevicesError> {
+    let (Some(parent), Some(hierarchy)) = (dir.parent(), dir.parent().and_then(Path::parent))
+    else {
+        return Err(DevicesError::NoHierarchy(dir.to_path_buf()));
     };
-    if !parent.join("devices.allow").exists() {
-        return Ok(false);
+    if !hierarchy.join("devices.allow").exists() {
+        return Err(DevicesError::NoHierarchy(hierarchy.to_path_buf()));
     }
-    match fs::create_dir(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e),
-    }
+    ledger.with_parent(parent, || match fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("creating {}: {e}", dir.display()),
+        )),
+    })?;
     write_rule(&dir.join("devices.deny"), "a")?;
     for rule in rules {
         write_rule(&dir.join("devices.allow"), &rule.line())?;
     }
-    Ok(true)
+    Ok(())
 }
 
 fn write_rule(file: &Path, line: &str) -> io::Result<()> {
-    // Each write is one command to the kernel; append keeps a plain file (tests) whole too.
+    // Each write is one command to the kernel; append keeps a plain file (tests) whole too, and
+    // create only matters there (cgroupfs files always exist).
     OpenOptions::new()
+        .create(true)
         .append(true)
         .open(file)
         .and_then(|mut f| f.write_all(line.as_bytes()))
@@ -131,8 +162,17 @@ fn write_rule(file: &Path, line: &str) -> io::Result<()> {
 }
 
 /// Removes the task's devices cgroup once its processes are gone (a dying process can hold it
-/// for a moment, so it retries briefly). A missing directory is fine.
-pub fn remove(dir: &Path) -> io::Result<()> {
+/// for a moment, so it retries briefly), then its parent if bpfexec made it and no other task
+/// is below it. A missing directory is fine.
+pub fn remove(dir: &Path, ledger: &Ledger) -> io::Result<()> {
+    remove_dir_retrying(dir)?;
+    if let Some(parent) = dir.parent() {
+        ledger.release(parent)?;
+    }
+    Ok(())
+}
+
+fn remove_dir_retrying(dir: &Path) -> io::Result<()> {
     let mut last = None;
     for _ in 0..20 {
         match fs::remove_dir(dir) {
@@ -164,18 +204,18 @@ mod tests {
     }
 
     #[test]
-    fn create_denies_all_then_allows_and_needs_the_parent() {
+    fn create_makes_and_removes_the_parent_it_needs() {
         let root = tempfile::tempdir().expect("tempdir");
+        let ledger = Ledger::at(root.path().join("ledger"));
         let dir = task_dir(root.path(), "a1", "web");
-        assert!(!create(&dir, &standard_rules(&["null"])).expect("no hierarchy"));
-        let parent = dir.parent().expect("parent");
-        fs::create_dir_all(parent).expect("mkdir");
-        fs::write(parent.join("devices.allow"), "").expect("parent file");
-        // A real cgroup directory comes with its files; the fake needs them made.
-        fs::create_dir_all(&dir).expect("mkdir");
-        fs::write(dir.join("devices.deny"), "").expect("deny");
-        fs::write(dir.join("devices.allow"), "").expect("allow");
-        assert!(create(&dir, &standard_rules(&["null", "zero"])[..2]).expect("create"));
+        assert!(matches!(
+            create(&dir, &standard_rules(&["null"]), &ledger),
+            Err(DevicesError::NoHierarchy(_))
+        ));
+        fs::create_dir_all(hierarchy(root.path())).expect("mkdir");
+        fs::write(hierarchy(root.path()).join("devices.allow"), "").expect("root file");
+        assert!(available(root.path()));
+        create(&dir, &standard_rules(&["null", "zero"])[..2], &ledger).expect("create");
         assert_eq!(
             fs::read_to_string(dir.join("devices.deny")).expect("read"),
             "a"
@@ -183,6 +223,15 @@ mod tests {
         assert_eq!(
             fs::read_to_string(dir.join("devices.allow")).expect("read"),
             "c 1:3 rwmc 1:5 rwm"
+        );
+        // A real cgroup directory's files go with it; the fake's must be removed by hand.
+        fs::remove_file(dir.join("devices.deny")).expect("rm");
+        fs::remove_file(dir.join("devices.allow")).expect("rm");
+        remove(&dir, &ledger).expect("remove");
+        assert!(!dir.exists());
+        assert!(
+            !dir.parent().expect("parent").exists(),
+            "the parent the driver made goes too"
         );
     }
 }

@@ -6,6 +6,7 @@
 //! v1: `cpuset_cgroup` is the cpuset directory only; the freezer, cpu and memory directories are
 //! `<root>/<controller>/nomad/<allocID>.<task>`.
 
+pub mod created;
 pub mod devices;
 mod home;
 mod kill;
@@ -113,6 +114,16 @@ impl TaskCgroups {
             .chain(&self.owned)
             .filter(|d| d.is_dir())
             .map(|d| d.join(file))
+            .collect()
+    }
+
+    /// The directories Nomad should have made for the task that do not exist (the task would
+    /// run without their limits).
+    pub fn missing_dirs(&self) -> Vec<&Path> {
+        self.dirs
+            .iter()
+            .filter(|d| !d.is_dir())
+            .map(PathBuf::as_path)
             .collect()
     }
 

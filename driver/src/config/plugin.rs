@@ -57,6 +57,9 @@ pub struct PluginConfig {
     pub chroot_env: BTreeMap<String, String>,
     pub no_pivot_root: bool,
     pub allow_unisolated: bool,
+    /// Run isolated tasks even where no mechanism can enforce their device rules (no v1 devices
+    /// controller, no cgroup); the fingerprint then says `driver.bpfexec.devices = unenforced`.
+    pub allow_unrestricted_devices: bool,
     /// bpffs directory where the probes pin their maps and links, so task tracking survives
     /// driver restarts; empty string disables pinning.
     pub bpf_pin_dir: Option<PathBuf>,
@@ -85,6 +88,7 @@ impl Default for PluginConfig {
                 .collect(),
             no_pivot_root: false,
             allow_unisolated: false,
+            allow_unrestricted_devices: false,
             bpf_pin_dir: Some(PathBuf::from(crate::probes::pin::DEFAULT_PIN_ROOT)),
             http_addr: None,
             escape_check_interval: std::time::Duration::from_nanos(
@@ -105,6 +109,7 @@ struct Raw {
     chroot_env: Option<BTreeMap<String, String>>,
     no_pivot_root: Option<bool>,
     allow_unisolated: Option<bool>,
+    allow_unrestricted_devices: Option<bool>,
     bpf_pin_dir: Option<String>,
     http_addr: Option<String>,
     escape_check_interval: Option<String>,
@@ -188,6 +193,7 @@ impl PluginConfig {
         }
         cfg.no_pivot_root = raw.no_pivot_root.unwrap_or(false);
         cfg.allow_unisolated = raw.allow_unisolated.unwrap_or(false);
+        cfg.allow_unrestricted_devices = raw.allow_unrestricted_devices.unwrap_or(false);
         Ok(cfg)
     }
 }
@@ -238,6 +244,7 @@ mod tests {
             ),
             ("no_pivot_root", true.into()),
             ("allow_unisolated", true.into()),
+            ("allow_unrestricted_devices", true.into()),
             ("escape_check_interval", "500ms".into()),
         ]);
         let cfg = PluginConfig::decode(&set).expect("decode");
@@ -250,7 +257,7 @@ mod tests {
         assert_eq!(cfg.allow_caps, vec!["CHOWN", "NET_RAW"]);
         assert!(cfg.denied_host_uids.contains(0));
         assert_eq!(cfg.chroot_env.len(), 1);
-        assert!(cfg.no_pivot_root && cfg.allow_unisolated);
+        assert!(cfg.no_pivot_root && cfg.allow_unisolated && cfg.allow_unrestricted_devices);
     }
 
     #[test]

@@ -94,6 +94,10 @@ pub fn plugin_schema() -> Spec {
             "allow_unisolated",
             with_default("allow_unisolated", "bool", "false"),
         ),
+        (
+            "allow_unrestricted_devices",
+            with_default("allow_unrestricted_devices", "bool", "false"),
+        ),
         ("bpf_pin_dir", attr("bpf_pin_dir", "string", false)),
         ("http_addr", attr("http_addr", "string", false)),
         (

@@ -2,7 +2,7 @@
 //! Nomad's driver contract (plugins/drivers). Each task is owned by its own supervisor process;
 //! this table is only the plugin's view of them and can be rebuilt from `driver_state`.
 
-mod devcg;
+pub mod devcg;
 pub mod exec;
 pub mod launch;
 pub mod observe;
@@ -111,6 +111,29 @@ impl Task {
     }
 }
 
+/// Fails the start when a cgroup directory Nomad should have made for the task is missing: the
+/// task would run without that directory's limits.
+fn require_dirs(cg: &TaskCgroups, task: &str) -> Result<(), DriverError> {
+    let missing = cg.missing_dirs();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(DriverError::Start {
+        task: task.to_owned(),
+        reason: format!(
+            "the task's cgroup directories {} do not exist, so it would run without the limits \
+             Nomad set; Nomad creates them before starting the task, so something removed them \
+             (or the client's cgroup setup failed: see the agent log)",
+            missing
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        recoverable: true,
+    })
+}
+
 /// What the plugin needs from its configuration to start tasks.
 #[derive(Debug, Clone)]
 pub struct StartContext {
@@ -191,6 +214,7 @@ impl TaskManager {
                 key: TaskKey::from_task_id(&cfg.id).get(),
             });
         if let Some(cg) = &cgroups {
+            require_dirs(cg, &cfg.id)?;
             limits::apply(cg, &Limits::from_resources(cfg.resources.as_ref())).map_err(|e| {
                 DriverError::Start {
                     task: cfg.id.clone(),
@@ -204,11 +228,11 @@ impl TaskManager {
                 .map_err(|e| DriverError::io(format!("creating {}", sb.root.display()), e))?;
         }
         // Last before the launch: a failed launch removes it again.
-        if let Some(cg) = &mut cgroups
-            && spec.sandbox.is_some()
-        {
-            devcg::restrict(cg, &ctx.cgroup_root, &cfg)?;
-            spec.cgroup_join = cg.join_files();
+        if spec.sandbox.is_some() {
+            devcg::restrict(cgroups.as_mut(), &ctx.cgroup_root, &cfg, &ctx.plugin)?;
+            if let Some(cg) = &cgroups {
+                spec.cgroup_join = cg.join_files();
+            }
         }
         let oom_kills_before = cgroups.as_ref().and_then(limits::oom_kills).unwrap_or(0);
         let launched = match launch::launch(&dir, &spec).await {
