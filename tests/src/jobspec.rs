@@ -34,6 +34,8 @@ pub struct JobSpec {
     kill_timeout: Option<String>,
     env: Vec<(String, String)>,
     memory_mb: u32,
+    /// Group `restart { attempts, delay }` (default: no restart).
+    restart: (u32, String),
     extra_task_hcl: String,
 }
 
@@ -51,6 +53,7 @@ impl JobSpec {
             kill_timeout: None,
             env: Vec::new(),
             memory_mb: 64,
+            restart: (0, "15s".to_owned()),
             extra_task_hcl: String::new(),
         }
     }
@@ -154,6 +157,14 @@ impl JobSpec {
         self
     }
 
+    /// Nomad restarts the failed task `attempts` times, `delay` apart, in the same allocation
+    /// (then the allocation fails; it is never rescheduled).
+    #[must_use]
+    pub fn restarts(mut self, attempts: u32, delay: &str) -> Self {
+        self.restart = (attempts, delay.to_owned());
+        self
+    }
+
     /// Extra HCL inside the `task {}` block.
     #[must_use]
     pub fn extra_task_hcl(mut self, hcl: &str) -> Self {
@@ -199,7 +210,8 @@ impl JobSpec {
   group "{GROUP}" {{
     count = 1
     restart {{
-      attempts = 0
+      attempts = {attempts}
+      delay    = {delay}
       mode     = "fail"
     }}
     reschedule {{
@@ -224,6 +236,8 @@ impl JobSpec {
             driver = hcl_string(&self.driver),
             config = self.config_body(),
             memory = self.memory_mb,
+            attempts = self.restart.0,
+            delay = hcl_string(&self.restart.1),
         )
     }
 }

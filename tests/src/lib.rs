@@ -35,6 +35,7 @@ pub mod env;
 pub mod harness;
 pub mod isolation;
 pub mod jobspec;
+pub mod mixin;
 pub mod observe;
 pub mod procs;
 pub mod suite;

@@ -6,6 +6,7 @@
 //! counter read straight from the driver's pinned per-CPU `LOST` map on bpffs (`bpf(2)`
 //! `BPF_OBJ_GET` + `BPF_MAP_LOOKUP_ELEM`).
 
+pub mod escape;
 mod lost;
 pub mod scenario;
 mod tree;

@@ -16,19 +16,17 @@
 //! The test's cgroup is removed (after it is empty) in every case; only processes of the test's
 //! own jobs are ever in it.
 
-use std::fs;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use bpfexec_e2e::isolation::{host_is_cgroup_v2, shell_config};
+use bpfexec_e2e::isolation::shell_config;
+use bpfexec_e2e::observe::escape::{TestCgroup, await_sleep};
 use bpfexec_e2e::observe::{
     events_with_reason, expect_details, expect_message, wait_ended, wait_notice,
 };
 use bpfexec_e2e::suite::{self, TIMEOUT, alloc_file, task_alive, wait_file, wait_task_pid};
-use bpfexec_e2e::wait::{POLL, poll_until, wait_for};
-use bpfexec_e2e::{Agent, AgentOptions, Check, procs, run_checks, unique};
-use nix::sys::signal::Signal;
+use bpfexec_e2e::wait::{POLL, poll_until};
+use bpfexec_e2e::{Agent, AgentOptions, Check, procs, run_checks};
 
 #[test]
 fn cgroup_escape() {
@@ -70,80 +68,6 @@ fn leaks() {
     );
 }
 
-/// A cgroup this test created; on drop, whatever of the test's jobs is left in it is killed and
-/// the directory removed once empty.
-struct TestCgroup {
-    dir: PathBuf,
-    /// Its path as `/proc/<pid>/cgroup` shows it.
-    path: String,
-}
-
-impl TestCgroup {
-    fn create() -> Result<Self> {
-        let name = unique("bpfexec-e2e-escape");
-        let root = if host_is_cgroup_v2() {
-            "/sys/fs/cgroup"
-        } else {
-            "/sys/fs/cgroup/freezer"
-        };
-        let dir = PathBuf::from(root).join(&name);
-        fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Self {
-            dir,
-            path: format!("/{name}"),
-        })
-    }
-
-    fn procs_file(&self) -> PathBuf {
-        self.dir.join("cgroup.procs")
-    }
-
-    fn members(&self) -> Vec<i32> {
-        fs::read_to_string(self.procs_file())
-            .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
-            .unwrap_or_default()
-    }
-
-    /// Shell lines for a background child that leaves the task's session and process group,
-    /// moves into this cgroup, records its pid in `$NOMAD_ALLOC_DIR/<name>` and becomes `sleep`.
-    fn escapee(&self, name: &str) -> String {
-        format!(
-            "setsid /bin/sh -c 'echo $$ > {procs}; echo $$ > \"$NOMAD_ALLOC_DIR/{name}\"; exec sleep 1000' &\n",
-            procs = self.procs_file().display()
-        )
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        // Nothing but this test's jobs knows the directory: what is in it is ours.
-        for pid in self.members() {
-            let _ = procs::signal(pid, Signal::SIGKILL);
-        }
-        // A killed process stays in the cgroup until its parent reaps it.
-        let removed = wait_for(Duration::from_secs(30), POLL, || {
-            self.members().is_empty() && fs::remove_dir(&self.dir).is_ok()
-        });
-        if !removed && self.dir.exists() {
-            eprintln!(
-                "bpfexec-e2e: could not remove the test cgroup {} (members {:?})",
-                self.dir.display(),
-                self.members()
-            );
-        }
-    }
-}
-
-/// Shell lines that wait until `$NOMAD_ALLOC_DIR/<name>` holds a pid whose comm is `sleep`.
-fn await_sleep(name: &str) -> String {
-    format!(
-        "while [ ! -s \"$NOMAD_ALLOC_DIR/{name}\" ]; do sleep 0.1; done\n\
-         p=$(cat \"$NOMAD_ALLOC_DIR/{name}\")\n\
-         while [ \"$(cat /proc/$p/comm 2>/dev/null)\" != sleep ]; do sleep 0.1; done\n"
-    )
-}
-
-/// Waits until `pid` (a process of allocation `alloc`) is gone.
 fn expect_dead(pid: i32, alloc: &str) -> Result<()> {
     poll_until(
         &format!("pid {pid} of alloc {alloc} to be dead"),

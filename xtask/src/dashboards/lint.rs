@@ -30,11 +30,14 @@ pub fn check(file: &str, uid: &str, dash: &Value) -> Vec<String> {
     }
 
     let vars = variables(dash, &mut fail);
-    let mut ids = BTreeSet::new();
+    let (mut ids, mut titles) = (BTreeSet::new(), BTreeSet::new());
     for panel in dash["panels"].as_array().into_iter().flatten() {
         let what = format!("panel {} (id {})", panel["title"], panel["id"]);
         if !ids.insert(panel["id"].to_string()) {
             fail(format!("{what}: duplicate panel id"));
+        }
+        if !titles.insert(panel["title"].to_string()) {
+            fail(format!("{what}: another panel has the same title"));
         }
         check_panel(panel, &what, &vars, &mut fail);
     }

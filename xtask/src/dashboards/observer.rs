@@ -116,10 +116,9 @@ fn probes_row(s: &Scope) -> Row {
             )),
             panel(
                 Viz::Table,
-                "Driver build and probes",
+                "Driver build",
                 "none",
-                "Driver version, cgroup mode and kernel per client, and which probe programs \
-                 are attached.",
+                "Driver version, cgroup mode and kernel per client.",
             )
             .size(12, 6)
             .query(q(s.sel("bpfexec_build_info", ""), ""))
@@ -131,7 +130,7 @@ fn probes_row(s: &Scope) -> Row {
             ]),
             panel(
                 Viz::Table,
-                "Attached probe programs",
+                "Probe programs",
                 "none",
                 "Each probe program attached on each client (1 = attached).",
             )
