@@ -20,7 +20,7 @@ pub const FILENAME_LEN: usize = 128;
 /// Version of everything pinned under bpffs (map names, key/value layouts, sizes). The driver pins
 /// into a directory named after it, so a driver with another layout never reuses stale maps.
 /// Bump it whenever a pinned map's definition or value layout changes.
-pub const PIN_LAYOUT_VERSION: u32 = 1;
+pub const PIN_LAYOUT_VERSION: u32 = 2;
 
 /// Name of the ring buffer map that carries the records (pinned).
 pub const MAP_EVENTS: &str = "EVENTS";
@@ -33,6 +33,9 @@ pub const MAP_THREADS: &str = "THREADS";
 /// `HashMap<u64 task key, TaskFacts>`: what the probes learned about each task's main process and
 /// OOM kills, written in the kernel even while no driver reads the ring buffer (pinned).
 pub const MAP_FACTS: &str = "FACTS";
+/// `HashMap<u32 tgid, u64 task key>`: each task's helper (the supervisor or the init of its pid
+/// namespace), so the probes can record who signalled it (pinned).
+pub const MAP_HELPERS: &str = "HELPERS";
 
 /// Size of the `EVENTS` ring buffer: 4 MiB, roughly 40,000 records of backlog.
 pub const EVENTS_BYTES: u32 = 4 << 20;
@@ -42,6 +45,8 @@ pub const TRACKED_MAX: u32 = 65_536;
 pub const THREADS_MAX: u32 = 131_072;
 /// Capacity of `FACTS` (tasks known to the driver, running or exited but not yet destroyed).
 pub const FACTS_MAX: u32 = 8_192;
+/// Capacity of `HELPERS` (one per task, as `FACTS`).
+pub const HELPERS_MAX: u32 = FACTS_MAX;
 /// `BPF_F_NO_PREALLOC`: hash maps allocate entries on use, so unused capacity costs no memory.
 pub const BPF_F_NO_PREALLOC: u32 = 1;
 
@@ -289,6 +294,8 @@ pub struct TaskFacts {
     pub main_oom: OomFact,
     /// Per signal number: the last generation that reached the main process.
     pub signals: [SignalFact; SIGNAL_SLOTS],
+    /// The last signal that reached the task's helper (`HELPERS`); its SIGKILL ends the task.
+    pub helper_signal: SignalFact,
 }
 
 impl TaskFacts {
@@ -405,7 +412,7 @@ const _: () = {
     assert!(core::mem::size_of::<OomVictimRecord>() == 104);
     assert!(core::mem::size_of::<SignalFact>() == 56);
     assert!(core::mem::size_of::<OomFact>() == 72);
-    assert!(core::mem::size_of::<TaskFacts>() == 32 + 2 * 72 + SIGNAL_SLOTS * 56);
+    assert!(core::mem::size_of::<TaskFacts>() == 32 + 2 * 72 + (SIGNAL_SLOTS + 1) * 56);
     assert!(core::mem::size_of::<FieldLoc>() == 8);
     assert!(core::mem::align_of::<ExecRecord>() == 8);
     assert!(core::mem::align_of::<TaskFacts>() == 8);

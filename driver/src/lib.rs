@@ -13,6 +13,7 @@ pub mod plugin;
 pub mod probes;
 pub mod procfs;
 pub mod runtime;
+pub mod seccomp;
 pub mod service;
 pub mod signals;
 pub mod stats;

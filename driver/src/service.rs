@@ -174,8 +174,11 @@ impl Driver for DriverService {
         req: Request<drivers::WaitTaskRequest>,
     ) -> Result<Response<drivers::WaitTaskResponse>, Status> {
         let task = self.rt.tasks.get(&req.into_inner().task_id)?;
-        self.rt.tasks.observation.release(&task.state.task_id);
+        let delivered = self.rt.tasks.observation.release(&task.state.task_id);
         let outcome = task.wait().await;
+        if let Some(at) = delivered {
+            tokio::time::sleep_until(at).await;
+        }
         Ok(Response::new(drivers::WaitTaskResponse {
             result: Some(exit_result(&outcome)),
             err: outcome.err.unwrap_or_default(),

@@ -21,7 +21,8 @@ use aya_ebpf::{
 };
 use bpfexec_common::{
     BPF_F_NO_PREALLOC, CLONE_THREAD, COMM_LEN, EVENTS_BYTES, EventHeader, ExecLayout, ExecRecord,
-    ExitLayout, ExitRecord, FACTS_MAX, FieldLoc, ForkRecord, NewTaskLayout, OomFact, OomLayout,
+    ExitLayout, ExitRecord, FACTS_MAX, FieldLoc, ForkRecord, HELPERS_MAX, NewTaskLayout, OomFact,
+    OomLayout,
     OomVictimRecord, SIGNAL_SLOTS, SignalFact, SignalLayout, SignalRecord, THREADS_MAX,
     TRACKED_MAX, TaskFacts, is_noise_signal, kind, signal_result,
 };
@@ -40,6 +41,9 @@ static THREADS: HashMap<u32, u32> = HashMap::with_max_entries(THREADS_MAX, BPF_F
 
 #[map]
 static FACTS: HashMap<u64, TaskFacts> = HashMap::with_max_entries(FACTS_MAX, BPF_F_NO_PREALLOC);
+
+#[map]
+static HELPERS: HashMap<u32, u64> = HashMap::with_max_entries(HELPERS_MAX, BPF_F_NO_PREALLOC);
 
 #[unsafe(no_mangle)]
 static EXEC_LAYOUT: Global<ExecLayout> = Global::new(ExecLayout {
@@ -355,6 +359,11 @@ pub fn signal_generate(ctx: TracePointContext) -> u32 {
     let (target_tgid, target_task) = resolve(target).unwrap_or((0, 0));
     let sender_task = task_of(sender_tgid).unwrap_or(0);
     if target_task == 0 && sender_task == 0 {
+        // A task's helper is no task process, but whoever kills it ends the task: remember it.
+        // SAFETY: the value is copied out at once, as in `task_of`.
+        if let Some(task) = unsafe { HELPERS.get(target).copied() } {
+            record_helper_signal(&ctx, &layout, task, sig, target, sender_tgid, sender_tid);
+        }
         return 0;
     }
     let now = now_ns();
@@ -418,6 +427,39 @@ pub fn signal_generate(ctx: TracePointContext) -> u32 {
     }
     entry.submit(submit_flags(false));
     0
+}
+
+/// Keeps the latest signal generated for a task's helper in the task's facts.
+#[inline(always)]
+fn record_helper_signal(
+    ctx: &TracePointContext,
+    layout: &SignalLayout,
+    task: u64,
+    sig: i32,
+    target: u32,
+    sender_tgid: u32,
+    sender_tid: u32,
+) {
+    let result = read_int(ctx, layout.result) as i32;
+    if result != signal_result::DELIVERED && result != signal_result::LOSE_INFO {
+        return;
+    }
+    if let Some(facts) = FACTS.get_ptr_mut(task) {
+        // SAFETY: pointer from a successful lookup of a value userspace created.
+        unsafe {
+            (*facts).helper_signal = SignalFact {
+                ktime_ns: now_ns(),
+                sender_task: task_of(sender_tgid).unwrap_or(0),
+                sender_pid: sender_tgid,
+                sender_tid,
+                sender_uid: bpf_get_current_uid_gid() as u32,
+                code: read_int(ctx, layout.code) as i32,
+                sig,
+                target_tid: target,
+                sender_comm: current_comm(),
+            };
+        }
+    }
 }
 
 #[tracepoint(category = "oom", name = "mark_victim")]

@@ -5,6 +5,7 @@
 //! start refusal. Submodules drive `nomad alloc exec` under a pseudo-terminal ([`pty`]) and
 //! stream the agent's TRACE log through `/v1/agent/monitor` ([`monitor`]).
 
+pub mod exec;
 pub mod monitor;
 pub mod pty;
 

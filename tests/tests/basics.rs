@@ -28,6 +28,10 @@ fn basics() {
                 name: "signal_exit",
                 run: signal_exit,
             },
+            Check {
+                name: "root_refused_by_default",
+                run: root_refused_by_default,
+            },
         ],
     );
 }
@@ -142,5 +146,26 @@ fn signal_exit(agent: &mut Agent) -> Result<()> {
     let alloc = agent.api().run_job(&job.to_hcl(), &["failed"], TIMEOUT)?;
     // exec's convention: a signalled exit is exit_code = 128 + signal, signal = signal.
     expect_terminated(&alloc, 128 + 9, 9)?;
+    Ok(())
+}
+
+/// Issue 12: like Nomad's client for exec, bpfexec refuses `user = "root"` for isolated tasks
+/// unless the operator sets `allow_root = true`; the refusal names the option.
+fn root_refused_by_default(agent: &mut Agent) -> Result<()> {
+    if !suite::is_bpfexec() {
+        println!("(raw_exec run: bpfexec-only check skipped)");
+        return Ok(());
+    }
+    let job = suite::batch("root-refused")
+        .command("/bin/sh")
+        .args(["-c", "touch \"$NOMAD_ALLOC_DIR/ran\""])
+        .extra_task_hcl("    user = \"root\"\n");
+    let (alloc, ev) =
+        bpfexec_e2e::isolation::expect_refusal(agent, &job.to_hcl(), "allow_root = true")?;
+    println!("refusal: {ev}");
+    ensure!(
+        !suite::alloc_file(agent, &alloc, "ran").exists(),
+        "the refused root task ran anyway"
+    );
     Ok(())
 }

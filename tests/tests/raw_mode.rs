@@ -1,8 +1,8 @@
 //! Issue 3 acceptance, raw mode: with `allow_unisolated = true` a task with `isolation = "none"`
 //! runs like raw_exec (host namespaces and paths, `NOMAD_ALLOC_DIR` the host path, root by
 //! default or the job's `user`) yet still in its Nomad cgroup. (The refusal without
-//! `allow_unisolated` is checked in `isolation.rs`.) The same agent denies no uid, so it also
-//! checks an isolated task with `user = "root"`.
+//! `allow_unisolated` is checked in `isolation.rs`.) The same agent denies no uid and sets
+//! `allow_root = true`, so it also checks an isolated task with `user = "root"`.
 
 use anyhow::{Context, Result, ensure};
 use bpfexec_e2e::isolation::{
@@ -21,7 +21,7 @@ fn raw_mode() {
     }
     run_checks(
         "raw_mode",
-        AgentOptions::bpfexec().plugin_config("allow_unisolated = true"),
+        AgentOptions::bpfexec().plugin_config("allow_unisolated = true\nallow_root = true"),
         &[
             Check {
                 name: "raw_task_host_view",

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::ConfigError;
 use super::ranges::IdRanges;
-use super::task::NsMode;
+use super::task::{NsMode, SeccompChoice};
 
 pub const DEFAULT_STATE_DIR: &str = "/run/bpfexec";
 
@@ -44,6 +44,10 @@ pub const DEFAULT_CHROOT_ENV: [&str; 9] = [
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "each is an independent operator switch, named as in the plugin block"
+)]
 pub struct PluginConfig {
     /// Where per-task supervisor state lives (spec, exit records, logs, mount points).
     pub state_dir: PathBuf,
@@ -60,6 +64,10 @@ pub struct PluginConfig {
     /// Run isolated tasks even where no mechanism can enforce their device rules (no v1 devices
     /// controller, no cgroup); the fingerprint then says `driver.bpfexec.devices = unenforced`.
     pub allow_unrestricted_devices: bool,
+    /// Isolated tasks may run as uid 0 (refused by default, as Nomad refuses root for exec).
+    pub allow_root: bool,
+    /// Seccomp profile of isolated tasks that do not set `seccomp`.
+    pub default_seccomp: SeccompChoice,
     /// bpffs directory where the probes pin their maps and links, so task tracking survives
     /// driver restarts; empty string disables pinning.
     pub bpf_pin_dir: Option<PathBuf>,
@@ -89,6 +97,8 @@ impl Default for PluginConfig {
             no_pivot_root: false,
             allow_unisolated: false,
             allow_unrestricted_devices: false,
+            allow_root: false,
+            default_seccomp: SeccompChoice::Default,
             bpf_pin_dir: Some(PathBuf::from(crate::probes::pin::DEFAULT_PIN_ROOT)),
             http_addr: None,
             escape_check_interval: std::time::Duration::from_nanos(
@@ -110,6 +120,8 @@ struct Raw {
     no_pivot_root: Option<bool>,
     allow_unisolated: Option<bool>,
     allow_unrestricted_devices: Option<bool>,
+    allow_root: Option<bool>,
+    default_seccomp: Option<String>,
     bpf_pin_dir: Option<String>,
     http_addr: Option<String>,
     escape_check_interval: Option<String>,
@@ -194,6 +206,10 @@ impl PluginConfig {
         cfg.no_pivot_root = raw.no_pivot_root.unwrap_or(false);
         cfg.allow_unisolated = raw.allow_unisolated.unwrap_or(false);
         cfg.allow_unrestricted_devices = raw.allow_unrestricted_devices.unwrap_or(false);
+        cfg.allow_root = raw.allow_root.unwrap_or(false);
+        if let Some(choice) = raw.default_seccomp.filter(|c| !c.is_empty()) {
+            cfg.default_seccomp = SeccompChoice::parse("default_seccomp", &choice)?;
+        }
         Ok(cfg)
     }
 }
@@ -246,6 +262,8 @@ mod tests {
             ("allow_unisolated", true.into()),
             ("allow_unrestricted_devices", true.into()),
             ("escape_check_interval", "500ms".into()),
+            ("allow_root", true.into()),
+            ("default_seccomp", "unconfined".into()),
         ]);
         let cfg = PluginConfig::decode(&set).expect("decode");
         assert_eq!(
@@ -258,6 +276,8 @@ mod tests {
         assert!(cfg.denied_host_uids.contains(0));
         assert_eq!(cfg.chroot_env.len(), 1);
         assert!(cfg.no_pivot_root && cfg.allow_unisolated && cfg.allow_unrestricted_devices);
+        assert!(cfg.allow_root);
+        assert_eq!(cfg.default_seccomp, SeccompChoice::Unconfined);
     }
 
     #[test]
@@ -269,6 +289,7 @@ mod tests {
             ("allow_caps", Value::Array(vec!["not_a_cap".into()])),
             ("denied_host_gids", Value::from("10-1")),
             ("escape_check_interval", Value::from("soon")),
+            ("default_seccomp", Value::from("relative.json")),
             (
                 "chroot_env",
                 Value::Map(vec![("usr".into(), "/usr".into())]),

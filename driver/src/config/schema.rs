@@ -98,6 +98,11 @@ pub fn plugin_schema() -> Spec {
             "allow_unrestricted_devices",
             with_default("allow_unrestricted_devices", "bool", "false"),
         ),
+        ("allow_root", with_default("allow_root", "bool", "false")),
+        (
+            "default_seccomp",
+            with_default("default_seccomp", "string", "\"default\""),
+        ),
         ("bpf_pin_dir", attr("bpf_pin_dir", "string", false)),
         ("http_addr", attr("http_addr", "string", false)),
         (
@@ -127,6 +132,7 @@ pub fn task_schema() -> Spec {
             attr("signal_all_processes", "bool", false),
         ),
         ("oom_score_adj", attr("oom_score_adj", "number", false)),
+        ("seccomp", attr("seccomp", "string", false)),
     ])
 }
 

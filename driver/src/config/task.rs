@@ -37,6 +37,44 @@ pub enum Isolation {
     None,
 }
 
+/// `seccomp = "default" | "unconfined" | "<absolute path of an OCI seccomp profile>"`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SeccompChoice {
+    /// bpfexec's built-in profile (Docker's default in spirit).
+    Default,
+    /// No filter.
+    Unconfined,
+    /// An OCI (runtime-spec `linux.seccomp`, or Docker's profile format) JSON file on the client.
+    Profile(std::path::PathBuf),
+}
+
+impl SeccompChoice {
+    pub fn parse(field: &'static str, value: &str) -> Result<Self, ConfigError> {
+        match value {
+            "default" => Ok(Self::Default),
+            "unconfined" => Ok(Self::Unconfined),
+            path if path.starts_with('/') => Ok(Self::Profile(path.into())),
+            other => Err(ConfigError::Invalid {
+                field,
+                problem: format!("{other:?} is neither a profile name nor an absolute path"),
+                fix: format!(
+                    "use {field} = \"default\", \"unconfined\" or the absolute path of an OCI seccomp profile (JSON) on the client"
+                ),
+            }),
+        }
+    }
+
+    /// How the choice is named in events and errors.
+    pub fn label(&self) -> String {
+        match self {
+            Self::Default => "default".into(),
+            Self::Unconfined => "unconfined".into(),
+            Self::Profile(p) => p.display().to_string(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 pub struct TaskConfig {
     pub command: String,
@@ -50,6 +88,8 @@ pub struct TaskConfig {
     pub isolation: Isolation,
     pub signal_all_processes: bool,
     pub oom_score_adj: Option<i32>,
+    /// None: the plugin's `default_seccomp`.
+    pub seccomp: Option<SeccompChoice>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,6 +104,7 @@ struct Raw {
     isolation: Option<String>,
     signal_all_processes: Option<bool>,
     oom_score_adj: Option<Number>,
+    seccomp: Option<String>,
 }
 
 fn non_empty(v: Option<String>) -> Option<String> {
@@ -129,6 +170,9 @@ impl TaskConfig {
                 fix: "give an absolute path inside the task, e.g. work_dir = \"/local\"".into(),
             });
         }
+        let seccomp = non_empty(raw.seccomp)
+            .map(|s| SeccompChoice::parse("seccomp", &s))
+            .transpose()?;
         Ok(Self {
             command,
             args: raw.args.unwrap_or_default(),
@@ -140,6 +184,7 @@ impl TaskConfig {
             isolation,
             signal_all_processes: raw.signal_all_processes.unwrap_or(false),
             oom_score_adj,
+            seccomp,
         })
     }
 }
@@ -170,8 +215,13 @@ mod tests {
             ("oom_score_adj", Value::from(500)),
             ("signal_all_processes", true.into()),
             ("work_dir", "/local".into()),
+            ("seccomp", "/etc/bpfexec/profile.json".into()),
         ]))
         .expect("decode");
+        assert_eq!(
+            cfg.seccomp,
+            Some(SeccompChoice::Profile("/etc/bpfexec/profile.json".into()))
+        );
         assert_eq!(cfg.args, vec!["-c", "echo hi"]);
         assert_eq!(cfg.pid_mode, Some(NsMode::Host));
         assert_eq!(cfg.ipc_mode, Some(NsMode::Private));
@@ -207,6 +257,7 @@ mod tests {
             ("isolation", Value::from("partial")),
             ("oom_score_adj", Value::from(5000)),
             ("work_dir", Value::from("relative")),
+            ("seccomp", Value::from("strict")),
         ] {
             let err =
                 TaskConfig::decode(&enc(vec![("command", "/bin/true".into()), (field, value)]))

@@ -12,7 +12,7 @@ use bpfexec_proto::drivers;
 
 use super::{caps, identity};
 use crate::config::plugin::PluginConfig;
-use crate::config::task::{Isolation, NsMode, TaskConfig};
+use crate::config::task::{Isolation, NsMode, SeccompChoice, TaskConfig};
 use crate::errors::DriverError;
 use crate::supervisor::sandbox::{host_path, order};
 use crate::supervisor::spec::{Bind, LaunchSpec, Sandbox};
@@ -56,18 +56,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<LaunchSpec, DriverError> {
             ));
         }
     };
-    let user = if nomad.user.is_empty() {
-        if isolated {
-            identity::DEFAULT_USER.to_owned()
-        } else {
-            "root".to_owned()
-        }
-    } else {
-        nomad.user.clone()
-    };
-    let ident = identity::resolve(&user).map_err(|e| refuse(id, e))?;
-    identity::check_denied(&ident, &plugin.denied_host_uids, &plugin.denied_host_gids)
-        .map_err(|e| refuse(id, e))?;
+    let ident = task_identity(nomad, plugin, isolated)?;
     let mut env: BTreeMap<String, String> = nomad.env.clone().into_iter().collect();
     if isolated {
         // Nomad gives IMAGE-isolated tasks no host environment; keep a usable PATH.
@@ -115,6 +104,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<LaunchSpec, DriverError> {
         None => task_dir.clone(),
     };
     let pid_ns = isolated && task.pid_mode.unwrap_or(plugin.default_pid_mode) == NsMode::Private;
+    let seccomp = seccomp_for(id, task, plugin, caps.as_deref())?;
     Ok(LaunchSpec {
         task_id: id.to_owned(),
         program,
@@ -136,6 +126,68 @@ pub fn plan(input: &PlanInput<'_>) -> Result<LaunchSpec, DriverError> {
         },
         caps,
         no_new_privs: isolated,
+        seccomp,
+    })
+}
+
+/// The task's user (`nobody` by default, root in raw mode), refused when the plugin denies it
+/// or, for an isolated task, when it is uid 0 without `allow_root`.
+fn task_identity(
+    nomad: &drivers::TaskConfig,
+    plugin: &PluginConfig,
+    isolated: bool,
+) -> Result<identity::Identity, DriverError> {
+    let id = nomad.id.as_str();
+    let user = match nomad.user.as_str() {
+        "" if isolated => identity::DEFAULT_USER,
+        "" => "root",
+        named => named,
+    };
+    let ident = identity::resolve(user).map_err(|e| refuse(id, e))?;
+    identity::check_denied(&ident, &plugin.denied_host_uids, &plugin.denied_host_gids)
+        .map_err(|e| refuse(id, e))?;
+    if isolated && ident.uid == 0 && !plugin.allow_root {
+        return Err(refuse(id, root_refused(user)));
+    }
+    Ok(ident)
+}
+
+/// Why an isolated task may not run as `user` (uid 0) without `allow_root`.
+fn root_refused(user: &str) -> String {
+    format!(
+        "user {user:?} is uid 0, and isolated tasks may not run as root on this client (as Nomad \
+         refuses root for exec tasks); run the task as another user, or have the operator set \
+         allow_root = true in the plugin config \
+         (plugin \"nomad-driver-bpfexec\" {{ config {{ allow_root = true }} }})"
+    )
+}
+
+/// The task's seccomp filters: its `seccomp` or the plugin's `default_seccomp` for isolated
+/// tasks (`caps`: the task's capabilities); raw mode runs unconfined, as raw_exec.
+fn seccomp_for(
+    id: &str,
+    task: &TaskConfig,
+    plugin: &PluginConfig,
+    caps: Option<&[String]>,
+) -> Result<Option<crate::seccomp::SeccompSpec>, DriverError> {
+    let Some(caps) = caps else {
+        return match &task.seccomp {
+            Some(c) if *c != SeccompChoice::Unconfined => Err(refuse(
+                id,
+                "seccomp applies to isolated tasks; isolation = \"none\" runs unconfined like raw_exec: remove seccomp from the task config or use isolation = \"full\"",
+            )),
+            _ => Ok(None),
+        };
+    };
+    let choice = task.seccomp.as_ref().unwrap_or(&plugin.default_seccomp);
+    crate::seccomp::resolve(choice, caps).map_err(|e| {
+        refuse(
+            id,
+            format!(
+                "seccomp = {:?}: {e}; fix the profile, or set seccomp = \"default\" or \"unconfined\"",
+                choice.label()
+            ),
+        )
     })
 }
 

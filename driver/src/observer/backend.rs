@@ -32,6 +32,10 @@ pub trait KernelBackend: Send + Sync {
     fn pinned_maps_dir(&self) -> Option<std::path::PathBuf> {
         None
     }
+    /// Names `pid` the helper of `task` (None: forgets it), so signals to it are recorded.
+    fn track_helper(&self, _pid: u32, _task: Option<u64>) -> Result<(), ProbeError> {
+        Ok(())
+    }
 }
 
 impl KernelBackend for ProbeSet {
@@ -76,6 +80,9 @@ impl KernelBackend for ProbeSet {
     }
     fn pinned_maps_dir(&self) -> Option<std::path::PathBuf> {
         ProbeSet::pinned_maps_dir(self).map(std::path::Path::to_path_buf)
+    }
+    fn track_helper(&self, pid: u32, task: Option<u64>) -> Result<(), ProbeError> {
+        self.kernel().track_helper(pid, task)
     }
 }
 

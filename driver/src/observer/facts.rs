@@ -74,6 +74,8 @@ pub struct ObservedFacts {
     pub signals: BTreeMap<i32, SignalSeen>,
     /// Recent OOM kills in the task, oldest first.
     pub ooms: VecDeque<OomSeen>,
+    /// The last signal generated for the task's helper (its supervisor or namespace init).
+    pub helper_signal: Option<SignalSeen>,
 }
 
 impl ObservedFacts {
@@ -136,6 +138,14 @@ impl ObservedFacts {
             if f.ktime_ns != 0 {
                 self.record_oom(OomSeen::from_fact(f));
             }
+        }
+        if k.helper_signal.ktime_ns != 0
+            && self
+                .helper_signal
+                .as_ref()
+                .is_none_or(|h| h.ktime_ns <= k.helper_signal.ktime_ns)
+        {
+            self.helper_signal = Some(SignalSeen::from_fact(&k.helper_signal));
         }
     }
 

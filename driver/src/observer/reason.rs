@@ -110,6 +110,16 @@ pub enum ExitReason {
         exit_code: i32,
         detail: Option<String>,
     },
+    /// The task's helper (its supervisor, or the init of its pid namespace) ended before it
+    /// could record the main process's status; what is known comes from the probes.
+    HelperDied {
+        helper_pid: u32,
+        /// The last signal that reached the helper, if the probes saw one.
+        helper_signal: Option<i32>,
+        helper_sender: Option<Sender>,
+        /// How the main process ended, when the probes saw enough to tell.
+        task_end: Option<Box<ExitReason>>,
+    },
 }
 
 fn mib(kb: u64) -> String {
@@ -187,6 +197,11 @@ impl ExitReason {
             Self::Signaled { .. } => "signaled",
             Self::OomKilled { .. } => "oom_killed",
             Self::ExecFailed { .. } => "exec_failed",
+            Self::HelperDied {
+                helper_signal: Some(_),
+                ..
+            } => "helper_killed",
+            Self::HelperDied { .. } => "helper_died",
         }
     }
 
@@ -249,6 +264,18 @@ impl ExitReason {
                     )
                 }
             }
+            Self::HelperDied {
+                helper_pid,
+                helper_signal,
+                helper_sender,
+                task_end,
+            } => helper_text(
+                &mut a,
+                *helper_pid,
+                *helper_signal,
+                helper_sender.as_ref(),
+                task_end.as_deref(),
+            ),
             Self::ExecFailed { exit_code, detail } => {
                 a.insert("exit_code".into(), exit_code.to_string());
                 match detail {
@@ -296,6 +323,58 @@ fn signaled_text(
         m.push_str("; core dumped");
     }
     m
+}
+
+/// The message and annotations of [`ExitReason::HelperDied`].
+fn helper_text(
+    a: &mut BTreeMap<String, String>,
+    helper_pid: u32,
+    helper_signal: Option<i32>,
+    helper_sender: Option<&Sender>,
+    task_end: Option<&ExitReason>,
+) -> String {
+    let how_helper_ended = match (helper_signal, helper_sender) {
+        (Some(sig), Some(s)) => {
+            let name = signal_name(sig);
+            a.insert("helper_signal".into(), name.clone());
+            a.insert("helper_sender_pid".into(), s.pid.to_string());
+            a.insert("helper_sender_comm".into(), s.comm.clone());
+            if let Some(uid) = s.uid {
+                a.insert("helper_sender_uid".into(), uid.to_string());
+            }
+            a.insert("helper_sender_class".into(), s.class.name().to_owned());
+            format!("was killed by {name} {}", describe_sender(sig, s))
+        }
+        _ => "ended without recording the task's exit status (no signal to it was seen; see its supervisor.log)".to_owned(),
+    };
+    a.insert("helper_pid".into(), helper_pid.to_string());
+    let helper = format!(
+        "the task's helper (pid {helper_pid}, which waits for the task and records its exit) {how_helper_ended}"
+    );
+    match task_end {
+        Some(ExitReason::Signaled { signal, sender, .. })
+            if sender.as_ref().is_some_and(|s| s.pid == helper_pid) =>
+        {
+            let name = signal_name(*signal);
+            a.insert("signal".into(), name.clone());
+            a.insert("exit_code".into(), (128 + signal).to_string());
+            format!(
+                "Killed by {name}: {helper}, and the kernel then killed every process of the task's pid namespace"
+            )
+        }
+        Some(end) => {
+            let (_, message, more) = end.to_nomad();
+            for (k, v) in more {
+                if k != "reason" {
+                    a.entry(k).or_insert(v);
+                }
+            }
+            format!("{message}; {helper}")
+        }
+        None => format!(
+            "The task's exit status is unknown: {helper}, and the probes did not see how its main process ended"
+        ),
+    }
 }
 
 /// The cause of an OOM kill, with the `oom_scope` / `oom_cgroup` annotations.

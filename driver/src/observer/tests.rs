@@ -681,3 +681,63 @@ fn oom_in_a_backlog_gets_its_scope_once_the_task_is_named() {
         }
     );
 }
+
+#[test]
+fn a_killed_helper_is_named_with_the_task_s_true_end() {
+    // The helper (init of the task's pid namespace, pid 90) was SIGKILLed by pkill (pid 4242);
+    // the kernel then killed the main process (sender: the dying init, SI_KERNEL).
+    let w = World::new();
+    let mut s = w.state();
+    s.prime(KEY, 100, 0);
+    let mut m = meta("web", "alloc-1", 100);
+    m.supervisor_pid = Some(90);
+    s.register(KEY, m, false, SEC);
+    let mut k = TaskFacts {
+        main_pid: 100,
+        main_exit_ktime_ns: 3 * SEC,
+        ..TaskFacts::default()
+    };
+    k.signals[9] = SignalFact {
+        ktime_ns: 2 * SEC + 1,
+        sig: 9,
+        code: 0x80,
+        sender_pid: 90,
+        sender_comm: *b"nomad-driver-bp\0",
+        ..SignalFact::default()
+    };
+    k.helper_signal = SignalFact {
+        ktime_ns: 2 * SEC,
+        sig: 9,
+        code: 0,
+        sender_pid: 4242,
+        sender_uid: 0,
+        sender_comm: *b"pkill\0\0\0\0\0\0\0\0\0\0\0",
+        ..SignalFact::default()
+    };
+    let (main, r) = s
+        .classify_helper_death(KEY, 90, Some(&k), 4 * SEC)
+        .expect("the main process's exit is known");
+    assert_eq!(main, Some(MainExit::new(137, 9, false)));
+    let (oom, msg, a) = r.to_nomad();
+    assert!(!oom);
+    assert!(
+        msg.starts_with("Killed by SIGKILL: the task's helper (pid 90"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("from pid 4242 (pkill, uid 0), a host process"),
+        "{msg}"
+    );
+    assert_eq!(a["reason"], "helper_killed");
+    assert_eq!(a["helper_sender_pid"], "4242");
+    assert_eq!(a["exit_code"], "137");
+    // Still running (no exit seen): nothing to say yet.
+    k.main_exit_ktime_ns = 0;
+    let mut s2 = w.state();
+    s2.prime(KEY, 100, 0);
+    s2.register(KEY, meta("web", "alloc-1", 100), false, SEC);
+    assert!(
+        s2.classify_helper_death(KEY, 90, Some(&k), 4 * SEC)
+            .is_none()
+    );
+}

@@ -1,11 +1,12 @@
 //! Userspace access to the probes' state maps: `TRACKED` (`tgid -> task key`), `THREADS`
-//! (`tid -> tgid`), `FACTS` (`task key -> TaskFacts`) and the per-CPU `LOST` counter. These maps
+//! (`tid -> tgid`), `FACTS` (`task key -> TaskFacts`), `HELPERS` (`helper tgid -> task key`) and
+//! the per-CPU `LOST` counter. These maps
 //! are pinned, so what is written here outlives the driver process (see `pin`).
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use aya::maps::{HashMap, MapData, MapError, PerCpuArray};
-use bpfexec_common::{MAP_FACTS, MAP_LOST, MAP_THREADS, MAP_TRACKED, TaskFacts};
+use bpfexec_common::{MAP_FACTS, MAP_HELPERS, MAP_LOST, MAP_THREADS, MAP_TRACKED, TaskFacts};
 
 use super::ProbeError;
 
@@ -14,6 +15,7 @@ pub struct KernelMaps {
     tracked: Mutex<HashMap<MapData, u32, u64>>,
     threads: Mutex<HashMap<MapData, u32, u32>>,
     facts: Mutex<HashMap<MapData, u64, TaskFacts>>,
+    helpers: Mutex<HashMap<MapData, u32, u64>>,
     lost: PerCpuArray<MapData, u64>,
 }
 
@@ -76,6 +78,7 @@ impl KernelMaps {
         let tracked = take(MAP_TRACKED)?;
         let threads = take(MAP_THREADS)?;
         let facts = take(MAP_FACTS)?;
+        let helpers = take(MAP_HELPERS)?;
         let lost = take(MAP_LOST)?;
         Ok(Self {
             tracked: Mutex::new(
@@ -85,6 +88,9 @@ impl KernelMaps {
                 HashMap::try_from(threads).map_err(|e| ProbeError::map(MAP_THREADS, e))?,
             ),
             facts: Mutex::new(HashMap::try_from(facts).map_err(|e| ProbeError::map(MAP_FACTS, e))?),
+            helpers: Mutex::new(
+                HashMap::try_from(helpers).map_err(|e| ProbeError::map(MAP_HELPERS, e))?,
+            ),
             lost: PerCpuArray::try_from(lost).map_err(|e| ProbeError::map(MAP_LOST, e))?,
         })
     }
@@ -170,6 +176,16 @@ impl KernelMaps {
             .keys()
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ProbeError::map(MAP_FACTS, e))
+    }
+
+    /// Names `pid` the helper of `task`, or forgets it (None).
+    pub fn track_helper(&self, pid: u32, task: Option<u64>) -> Result<(), ProbeError> {
+        let mut helpers = lock(&self.helpers);
+        match task {
+            Some(task) => helpers.insert(pid, task, 0),
+            None => removed(helpers.remove(&pid)),
+        }
+        .map_err(|e| ProbeError::map(MAP_HELPERS, e))
     }
 
     /// Records dropped because the ring buffer was full, summed over CPUs, since the map was

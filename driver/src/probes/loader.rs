@@ -22,7 +22,7 @@ use aya::{
 };
 use bpfexec_common::{
     GLOBAL_EXEC_LAYOUT, GLOBAL_EXIT_LAYOUT, GLOBAL_NEWTASK_LAYOUT, GLOBAL_OOM_LAYOUT,
-    GLOBAL_SIGNAL_LAYOUT, MAP_EVENTS, MAP_FACTS, MAP_LOST, MAP_THREADS, MAP_TRACKED,
+    GLOBAL_SIGNAL_LAYOUT, MAP_EVENTS, MAP_FACTS, MAP_HELPERS, MAP_LOST, MAP_THREADS, MAP_TRACKED,
 };
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -44,7 +44,14 @@ use super::{
 pub const EVENT_CHANNEL_CAPACITY: usize = 16_384;
 
 /// Maps pinned under `<pin root>/v<N>/maps/`.
-const PINNED_MAPS: [&str; 5] = [MAP_EVENTS, MAP_LOST, MAP_TRACKED, MAP_THREADS, MAP_FACTS];
+const PINNED_MAPS: [&str; 6] = [
+    MAP_EVENTS,
+    MAP_LOST,
+    MAP_TRACKED,
+    MAP_THREADS,
+    MAP_FACTS,
+    MAP_HELPERS,
+];
 
 /// The probe object built by `build.rs` (empty when built with `AYA_BUILD_SKIP=1`).
 fn embedded_object() -> &'static [u8] {

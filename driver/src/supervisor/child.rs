@@ -1,19 +1,32 @@
 //! Starting the task's own process: open its log FIFOs, fork, and between fork and exec put it in
-//! its own session, its cgroups and its sandbox, set oom_score_adj and drop privileges.
+//! its own session, its cgroups and its sandbox, set oom_score_adj, drop privileges and install
+//! its seccomp filters.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::record::{self, ExitRecord};
 use super::spec::{LaunchSpec, SelfTrack};
 use super::{privileges, sandbox};
 
-pub fn spawn(spec: &LaunchSpec) -> io::Result<std::process::Child> {
+/// The task's process, and the seccomp listener it handed over (when it has a filter).
+pub struct Spawned {
+    pub child: std::process::Child,
+    pub listener: Option<OwnedFd>,
+}
+
+pub fn spawn(spec: &LaunchSpec) -> io::Result<Spawned> {
     let stdout = open_log(&spec.stdout_path)?;
     let stderr = open_log(&spec.stderr_path)?;
+    let channel = spec
+        .seccomp
+        .as_ref()
+        .map(|_| crate::seccomp::install::Channel::new())
+        .transpose()?;
+    let channel_fd = channel.as_ref().map(|c| c.child.as_raw_fd());
     let setup = spec.clone();
     let mut cmd = Command::new(&spec.program);
     cmd.arg0(&spec.argv0)
@@ -26,13 +39,18 @@ pub fn spawn(spec: &LaunchSpec) -> io::Result<std::process::Child> {
     // SAFETY: the closure runs in the forked child of this single-threaded process before exec;
     // it only makes syscalls and allocates, and no other thread can hold a lock it needs.
     unsafe {
-        cmd.pre_exec(move || prepare(&setup));
+        cmd.pre_exec(move || prepare(&setup, channel_fd));
     }
-    cmd.spawn()
+    let child = cmd.spawn()?;
+    let listener = match &channel {
+        Some(c) => c.receive()?,
+        None => None,
+    };
+    Ok(Spawned { child, listener })
 }
 
 /// Runs in the task's process between fork and exec.
-fn prepare(spec: &LaunchSpec) -> io::Result<()> {
+fn prepare(spec: &LaunchSpec, seccomp_channel: Option<RawFd>) -> io::Result<()> {
     // Own session and process group: signals to the group reach the whole task, and nothing
     // from the agent's terminal reaches it.
     nix::unistd::setsid().map_err(io::Error::from)?;
@@ -58,7 +76,19 @@ fn prepare(spec: &LaunchSpec) -> io::Result<()> {
         spec.identity.as_ref(),
         spec.caps.as_deref(),
         spec.no_new_privs,
-    )
+    )?;
+    install_seccomp(spec, seccomp_channel)
+}
+
+/// Last step before exec: the task's seccomp filters (after no_new_privs).
+pub fn install_seccomp(spec: &LaunchSpec, channel: Option<RawFd>) -> io::Result<()> {
+    if let (Some(sc), Some(fd)) = (&spec.seccomp, channel) {
+        // SAFETY: `fd` is the child's end of the channel, open for the whole pre-exec phase
+        // (the parent keeps it until spawn returns).
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        crate::seccomp::install::install(sc, fd)?;
+    }
+    Ok(())
 }
 
 /// Registers this process (its host pid: /proc is still the host's here, even in a new pid
@@ -114,15 +144,4 @@ fn open_log(path: &PathBuf) -> io::Result<File> {
         .write(true)
         .open(path)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot open log {}: {e}", path.display())))
-}
-
-/// Waits for `child`, retrying on EINTR.
-pub fn wait(mut child: std::process::Child) -> io::Result<ExitRecord> {
-    loop {
-        match child.wait() {
-            Ok(status) => return Ok(ExitRecord::from_status(status, record::now_ms())),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
 }

@@ -16,7 +16,7 @@ use nix::sched::{CloneFlags, setns};
 
 use super::record::{self, SPEC_FILE};
 use super::spec::LaunchSpec;
-use super::{child, privileges, ptyrelay};
+use super::{child, privileges, ptyrelay, serve};
 
 /// argv[1] that selects exec mode.
 pub const EXEC_ARG: &str = "__exec";
@@ -57,6 +57,17 @@ fn run(args: &[OsString]) -> io::Result<i32> {
     for file in &spec.cgroup_join {
         child::join_cgroup(file)?;
     }
+    // Before the task's mount namespace hides them: the host's /proc (to name the callers of
+    // refused system calls) and the task's record of them.
+    let host = serve::host_files(&spec, &dir)?;
+    let channel = spec
+        .seccomp
+        .as_ref()
+        .map(|_| crate::seccomp::install::Channel::new())
+        .transpose()?;
+    let channel_fd = channel
+        .as_ref()
+        .map(|c| std::os::fd::AsRawFd::as_raw_fd(&c.child));
     if let Some(sb) = &spec.sandbox {
         join_namespaces(pid, spec.pid_ns, sb.ipc_ns, sb.netns.is_some())?;
         if !sb.pivot_root {
@@ -69,8 +80,18 @@ fn run(args: &[OsString]) -> io::Result<i32> {
     // SAFETY: runs in the forked child of this single-threaded helper before exec; syscalls and
     // allocations only.
     unsafe {
-        cmd.pre_exec(move || enter_child(&setup, tty));
+        cmd.pre_exec(move || {
+            enter_child(&setup, tty)?;
+            child::install_seccomp(&setup, channel_fd)
+        });
     }
+    let take_listener = |channel: &Option<crate::seccomp::install::Channel>, host| {
+        let fd = match channel {
+            Some(c) => c.receive().ok().flatten(),
+            None => None,
+        };
+        serve::listener(fd, host, &spec)
+    };
     let status = if tty {
         // A terminal from the task's own devpts, relayed to the plugin's.
         let pty = ptyrelay::open_inner()?;
@@ -90,11 +111,17 @@ fn run(args: &[OsString]) -> io::Result<i32> {
             .stdout(Stdio::from(pty.slave.try_clone()?))
             .stderr(Stdio::from(pty.slave));
         let mut child = cmd.spawn()?;
-        ptyrelay::relay(pty.master, &sigfd, &mut child)?
+        let listener = take_listener(&channel, host);
+        let status = ptyrelay::relay(pty.master, &sigfd, &mut child, listener)?;
+        record::ExitRecord::from_status(status, 0)
     } else {
-        cmd.spawn()?.wait()?
+        let sigfd = serve::sigchld_fd()?;
+        let child = cmd.spawn()?;
+        let listener = take_listener(&channel, host);
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        serve::exit_record(serve::wait_main(pid, false, &sigfd, listener)?)
     };
-    Ok(record::ExitRecord::from_status(status, 0).exit_code)
+    Ok(status.exit_code)
 }
 
 fn join_namespaces(pid: u32, pid_ns: bool, ipc_ns: bool, net_ns: bool) -> io::Result<()> {

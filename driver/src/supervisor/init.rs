@@ -9,12 +9,12 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use nix::sched::{CloneFlags, unshare};
-use nix::sys::wait::{WaitStatus, waitpid};
+use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid, fork};
 
-use super::record::{ExitRecord, StartReport, now_ms};
+use super::record::StartReport;
 use super::spec::LaunchSpec;
-use super::{child, detach_stdout, finish, log, report, report_failure};
+use super::{child, detach_stdout, finish, log, report, report_failure, serve};
 
 pub fn launch(dir: &Path, spec: &LaunchSpec) -> io::Result<()> {
     unshare(CloneFlags::CLONE_NEWPID)
@@ -86,8 +86,10 @@ fn relay(spec: &LaunchSpec, rx: OwnedFd, init_pid: u32) -> io::Result<()> {
 /// Init side (pid 1 of the task's namespace).
 fn init(dir: &Path, spec: &LaunchSpec, tx: OwnedFd, ack: OwnedFd) -> io::Result<()> {
     detach_stdout()?;
+    let host = serve::host_files(spec, dir)?;
+    let sigfd = serve::sigchld_fd()?;
     let mut tx = std::fs::File::from(tx);
-    let task = match child::spawn(spec) {
+    let spawned = match child::spawn(spec) {
         Ok(c) => c,
         Err(e) => {
             let msg = e.to_string().replace('\n', " ");
@@ -95,39 +97,13 @@ fn init(dir: &Path, spec: &LaunchSpec, tx: OwnedFd, ack: OwnedFd) -> io::Result<
             return Ok(());
         }
     };
-    let main = Pid::from_raw(task.id() as i32);
+    let main = Pid::from_raw(spawned.child.id() as i32);
     writeln!(tx, "started")?;
     drop(tx);
     // Wait (EOF) until the supervisor has seen the task.
     let _ = std::io::Read::read(&mut std::fs::File::from(ack), &mut [0u8; 1]);
     super::trim::drop_text_pages();
-    let record = reap_until(main)?;
-    finish(dir, &record)
-}
-
-/// Reaps every child until the task's main process ends; returns how it ended.
-fn reap_until(main: Pid) -> io::Result<ExitRecord> {
-    loop {
-        match waitpid(None, None) {
-            Ok(WaitStatus::Exited(pid, code)) if pid == main => {
-                return Ok(ExitRecord {
-                    exit_code: code,
-                    signal: 0,
-                    core_dumped: false,
-                    finished_at_ms: now_ms(),
-                });
-            }
-            Ok(WaitStatus::Signaled(pid, sig, core)) if pid == main => {
-                let sig = sig as i32;
-                return Ok(ExitRecord {
-                    exit_code: 128 + sig,
-                    signal: sig,
-                    core_dumped: core,
-                    finished_at_ms: now_ms(),
-                });
-            }
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(io::Error::other(format!("waiting for the task: {e}"))),
-        }
-    }
+    let listener = serve::listener(spawned.listener, host, spec);
+    let status = serve::wait_main(main, true, &sigfd, listener)?;
+    finish(dir, &serve::exit_record(status))
 }

@@ -11,10 +11,12 @@
 mod child;
 pub mod enter;
 mod init;
+pub mod kernelfs;
 pub mod privileges;
 mod ptyrelay;
 pub mod record;
 pub mod sandbox;
+pub mod serve;
 pub mod spec;
 mod trim;
 
@@ -59,11 +61,13 @@ fn run(dir: &Path) -> io::Result<()> {
     if spec.pid_ns {
         return init::launch(dir, &spec);
     }
-    let child = match child::spawn(&spec) {
-        Ok(child) => child,
+    let host = serve::host_files(&spec, dir)?;
+    let sigfd = serve::sigchld_fd()?;
+    let spawned = match child::spawn(&spec) {
+        Ok(spawned) => spawned,
         Err(e) => return report_failure(&spec, &e),
     };
-    let pid = child.id();
+    let pid = spawned.child.id();
     let me = std::process::id();
     report(&StartReport::Started {
         pid,
@@ -73,7 +77,14 @@ fn run(dir: &Path) -> io::Result<()> {
     })?;
     log(&format!("task {} started as pid {pid}", spec.task_id));
     trim::drop_text_pages();
-    let record = child::wait(child)?;
+    let listener = serve::listener(spawned.listener, host, &spec);
+    let status = serve::wait_main(
+        nix::unistd::Pid::from_raw(pid as i32),
+        false,
+        &sigfd,
+        listener,
+    )?;
+    let record = serve::exit_record(status);
     // Whatever the main process left in its process group ends with it.
     if let Err(e) = crate::procfs::signal_group(pid, libc::SIGKILL) {
         log(&format!(

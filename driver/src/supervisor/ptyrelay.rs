@@ -79,6 +79,7 @@ pub fn relay(
     master: OwnedFd,
     sigfd: &SignalFd,
     child: &mut std::process::Child,
+    mut listener: Option<crate::seccomp::listener::Listener>,
 ) -> io::Result<std::process::ExitStatus> {
     let mut inner = File::from(master);
     let mut outer_in = File::from(io::stdin().as_fd().try_clone_to_owned()?);
@@ -92,11 +93,15 @@ pub fn relay(
         } else {
             PollTimeout::NONE
         };
-        let (ready_in, ready_master, ready_sig) = {
+        let (ready_in, ready_master, ready_sig, notif) = {
             let mut fds = vec![
                 PollFd::new(inner.as_fd(), PollFlags::POLLIN),
                 PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
             ];
+            if let Some(l) = listener.as_ref() {
+                fds.push(PollFd::new(l.fd(), PollFlags::POLLIN));
+            }
+            let listen_at = fds.len() - 1;
             if input_open {
                 fds.push(PollFd::new(outer_in.as_fd(), PollFlags::POLLIN));
             }
@@ -109,8 +114,24 @@ pub fn relay(
                     .and_then(PollFd::revents)
                     .is_some_and(|r| !r.is_empty())
             };
-            (input_open && ev(2), ev(0), ev(1))
+            let notif = listener.is_some().then(|| {
+                fds.get(listen_at)
+                    .and_then(PollFd::revents)
+                    .unwrap_or_else(PollFlags::empty)
+            });
+            (input_open && ev(fds.len() - 1), ev(0), ev(1), notif)
         };
+        match notif {
+            Some(r) if r.contains(PollFlags::POLLIN) => {
+                if let Some(l) = listener.as_mut()
+                    && l.serve_one().is_err()
+                {
+                    listener = None;
+                }
+            }
+            Some(r) if !r.is_empty() => listener = None,
+            _ => {}
+        }
         if ready_master {
             match inner.read(&mut buf) {
                 Ok(n) if n > 0 => {

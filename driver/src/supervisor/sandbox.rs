@@ -2,7 +2,8 @@
 //! group network namespace, unshare mount (and ipc) namespaces, build a root on a small tmpfs from
 //! read-only bind mounts of `chroot_env` plus the task's own directories (no copies, no hard
 //! links, so it costs the same whatever the size of `/usr`), mount /proc and a minimal /dev, then
-//! pivot_root (or chroot) and make the root read-only.
+//! lock the kernel's knobs in /proc and /sys out of reach, pivot_root (or chroot) and make the
+//! root read-only.
 
 use std::fs::{self, File};
 use std::io;
@@ -23,7 +24,7 @@ fn err(what: impl std::fmt::Display, e: impl Into<io::Error>) -> io::Error {
     io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
-fn inside(root: &Path, target: &Path) -> PathBuf {
+pub(super) fn inside(root: &Path, target: &Path) -> PathBuf {
     root.join(target.strip_prefix("/").unwrap_or(target))
 }
 
@@ -65,6 +66,7 @@ pub fn enter(sb: &Sandbox) -> io::Result<()> {
     for d in &sb.devices {
         bind(root, d)?;
     }
+    super::kernelfs::lock_down(root)?;
     if sb.pivot_root {
         pivot(root)?;
     } else {
@@ -143,6 +145,16 @@ fn bind(root: &Path, b: &Bind) -> io::Result<()> {
                 e,
             )
         })?;
+        if b.readonly {
+            // The host's mounts inside a read-only bind (cgroupfs or bpffs under /sys, say)
+            // must not stay writable.
+            super::kernelfs::readonly_recursive(&target).map_err(|e| {
+                err(
+                    format!("making everything under {} read-only", b.target.display()),
+                    e,
+                )
+            })?;
+        }
     }
     Ok(())
 }

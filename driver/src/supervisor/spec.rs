@@ -53,6 +53,9 @@ pub struct LaunchSpec {
     /// Capability names (no `CAP_`) the task keeps; None leaves capabilities as they are.
     pub caps: Option<Vec<String>>,
     pub no_new_privs: bool,
+    /// Seccomp filters installed last before exec; None runs unconfined.
+    #[serde(default)]
+    pub seccomp: Option<crate::seccomp::SeccompSpec>,
 }
 
 /// The task's private filesystem view and namespaces.

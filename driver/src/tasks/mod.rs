@@ -6,6 +6,7 @@ pub mod devcg;
 pub mod exec;
 pub mod launch;
 pub mod observe;
+mod seccomp;
 pub mod state;
 mod stop;
 mod watch;
@@ -291,6 +292,12 @@ impl TaskManager {
         main: Option<PidFd>,
     ) {
         let (tx, rx) = tokio_watch::channel(None);
+        seccomp::spawn(
+            state.dir.clone(),
+            config.clone(),
+            rx.clone(),
+            Arc::clone(&self.observation),
+        );
         watch::spawn(
             supervisor,
             config.clone(),
@@ -309,6 +316,12 @@ impl TaskManager {
 
     fn insert_exited(&self, config: drivers::TaskConfig, state: DriverState, outcome: Outcome) {
         let (_tx, rx) = tokio_watch::channel(Some(outcome));
+        seccomp::spawn(
+            state.dir.clone(),
+            config.clone(),
+            rx.clone(),
+            Arc::clone(&self.observation),
+        );
         let task = Arc::new(Task {
             config,
             state,
@@ -346,22 +359,46 @@ impl TaskManager {
                 self.insert(config, state, supervisor, main);
                 Ok(())
             }
-            Err(_) => match watch::read_outcome(&state.dir).map_err(recover_err)? {
-                Some(outcome) => {
+            Err(_) => {
+                if let Some(outcome) = watch::read_outcome(&state.dir).map_err(recover_err)? {
                     self.observation.recover(&config, &state);
                     let outcome = self.observation.explain_now(&config, &state, outcome);
                     self.observation.reap_leaks_now(&state);
                     tracing::info!(task_id = %id, exit_code = outcome.exit_code, "recovered task that exited while the plugin was away");
                     self.insert_exited(config, state, outcome);
                     Ok(())
+                } else {
+                    self.recover_helper_gone(config, state).map_err(recover_err)
                 }
-                None => Err(recover_err(format!(
-                    "its supervisor (pid {}) is gone and left no exit record in {}",
-                    state.supervisor_pid,
-                    state.dir.display()
-                ))),
-            },
+            }
         }
+    }
+
+    /// RecoverTask of a task whose helper died without an exit record. A main process that
+    /// outlived it (no pid namespace) is watched instead; otherwise the probes tell how it ended.
+    fn recover_helper_gone(
+        &self,
+        config: drivers::TaskConfig,
+        state: DriverState,
+    ) -> Result<(), String> {
+        if let Ok(main) = PidFd::open(state.pid, Some(state.start_time)) {
+            self.observation.recover(&config, &state);
+            let watched = PidFd::open(state.pid, Some(state.start_time)).ok();
+            self.insert(config, state, main, watched);
+            return Ok(());
+        }
+        self.observation.recover(&config, &state);
+        let Some(outcome) = self.observation.explain_helper_death_now(&config, &state) else {
+            return Err(format!(
+                "its supervisor (pid {}) is gone and left no exit record in {}, and the probes did not see how the task ended",
+                state.supervisor_pid,
+                state.dir.display()
+            ));
+        };
+        self.observation.reap_leaks_now(&state);
+        tracing::info!(task_id = %state.task_id, exit_code = outcome.exit_code, "recovered task whose helper died");
+        self.insert_exited(config, state, outcome);
+        Ok(())
     }
 
     /// StopTask: `signal`, then after `timeout` SIGKILL to everything in the task.

@@ -135,8 +135,17 @@ impl Observation {
     }
 
     /// Nomad waits on the task again (after recovery): deliver what was held, a moment later so
-    /// the restored allocation is registered for events by then.
-    pub fn release(&self, task_id: &str) {
+    /// the restored allocation is registered for events by then. Returns when they will have
+    /// been sent, if any were held (a task that already ended must not be reported before
+    /// them: Nomad stops listening for its events once it knows the end).
+    pub fn release(&self, task_id: &str) -> Option<tokio::time::Instant> {
+        let pending = self
+            .outbox
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(task_id)
+            .is_some_and(|q| !q.is_empty());
         let outbox = Arc::clone(&self.outbox);
         let task_id = task_id.to_owned();
         tokio::spawn(async move {
@@ -150,6 +159,12 @@ impl Observation {
                 let _ = outbox.events.send(event);
             }
         });
+        pending.then(|| tokio::time::Instant::now() + RELEASE_DELAY * 2)
+    }
+
+    /// Sends a task event (held, like the observer's, while a recovered task is not waited on).
+    pub fn send_event(&self, event: drivers::DriverTaskEvent) {
+        self.outbox.send(event);
     }
 
     pub fn observer(&self) -> Option<&Arc<Observer>> {
@@ -245,6 +260,62 @@ impl Observation {
             None => None,
         };
         self.finish(cfg, state, outcome, reason, &exit)
+    }
+
+    /// A task whose helper ended without recording an exit status: its true end from what the
+    /// probes saw and a task event naming who ended the helper. None when the probes are not
+    /// loaded or have not seen the main process end (it may outlive a helper without a pid
+    /// namespace).
+    pub async fn explain_helper_death(
+        &self,
+        cfg: &drivers::TaskConfig,
+        state: &DriverState,
+    ) -> Option<Outcome> {
+        let obs = self.observer()?;
+        let found = obs
+            .classify_helper_death(TaskKey::from_task_id(&state.task_id), state.supervisor_pid)
+            .await;
+        found.map(|(main, reason)| self.finish_helper_death(cfg, state, main, &reason))
+    }
+
+    /// [`Observation::explain_helper_death`] without waiting (found at recovery).
+    pub fn explain_helper_death_now(
+        &self,
+        cfg: &drivers::TaskConfig,
+        state: &DriverState,
+    ) -> Option<Outcome> {
+        let obs = self.observer()?;
+        let found = obs
+            .classify_helper_death_now(TaskKey::from_task_id(&state.task_id), state.supervisor_pid);
+        found.map(|(main, reason)| self.finish_helper_death(cfg, state, main, &reason))
+    }
+
+    fn finish_helper_death(
+        &self,
+        cfg: &drivers::TaskConfig,
+        state: &DriverState,
+        main: Option<MainExit>,
+        reason: &ExitReason,
+    ) -> Outcome {
+        let (_, message, annotations) = reason.to_nomad();
+        self.outbox.send(task_event(
+            &state.task_id,
+            &cfg.alloc_id,
+            &cfg.name,
+            message.clone(),
+            annotations,
+        ));
+        match main {
+            Some(m) => Outcome {
+                exit_code: m.exit_code,
+                signal: m.signal,
+                oom_killed: false,
+                core_dumped: m.core_dumped,
+                err: None,
+                finished_at_ms: crate::supervisor::record::now_ms(),
+            },
+            None => Outcome::lost(message),
+        }
     }
 
     /// [`Observation::explain`] without waiting (a task found already ended at recovery).

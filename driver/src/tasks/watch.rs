@@ -52,14 +52,10 @@ pub fn spawn(
         let dir = state.dir.clone();
         wait_exit(pidfd).await;
         let outcome = match read_outcome(&dir) {
-            Ok(Some(outcome)) => outcome,
-            Ok(None) => Outcome::lost(format!(
-                "the task's supervisor (pid {pid}) ended without recording an exit status; see {}",
-                dir.join(record::LOG_FILE).display()
-            )),
+            Ok(Some(outcome)) => observation.explain(&config, &state, outcome).await,
+            Ok(None) => helper_gone(pid, &config, &state, &observation).await,
             Err(e) => Outcome::lost(e),
         };
-        let outcome = observation.explain(&config, &state, outcome).await;
         // Before Nomad learns the task ended: nothing of it may run on.
         observation.reap_leaks(&state).await;
         tracing::info!(
@@ -70,6 +66,29 @@ pub fn spawn(
         );
         let _ = tx.send(Some(outcome));
     });
+}
+
+/// The helper `pid` ended without an exit record (killed, say): the task's end as the probes
+/// saw it. Without a pid namespace the main process outlives its helper; it is waited for.
+async fn helper_gone(
+    pid: u32,
+    config: &drivers::TaskConfig,
+    state: &DriverState,
+    observation: &Observation,
+) -> Outcome {
+    if let Some(o) = observation.explain_helper_death(config, state).await {
+        return o;
+    }
+    if let Ok(main) = PidFd::open(state.pid, Some(state.start_time)) {
+        wait_exit(main).await;
+    }
+    if let Some(o) = observation.explain_helper_death(config, state).await {
+        return o;
+    }
+    Outcome::lost(format!(
+        "the task's supervisor (pid {pid}) ended without recording an exit status; see {}",
+        state.dir.join(record::LOG_FILE).display()
+    ))
 }
 
 /// Returns once the process behind `pidfd` has exited.

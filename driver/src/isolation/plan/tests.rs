@@ -31,6 +31,7 @@ fn task(command: &str) -> TaskConfig {
         isolation: Isolation::Full,
         signal_all_processes: false,
         oom_score_adj: None,
+        seccomp: None,
     }
 }
 
@@ -152,6 +153,33 @@ fn denied_users_and_caps_are_refused_before_start() {
         .expect_err("cap")
         .to_string();
     assert!(err.contains("CAP_NET_RAW"), "{err}");
+}
+
+#[test]
+fn isolated_root_needs_allow_root_and_raw_root_does_not() {
+    let a = alloc();
+    for user in ["root", "0"] {
+        let mut n = nomad(a.path());
+        n.user = user.into();
+        let err = run(&n, &task("/bin/sh"), &PluginConfig::default())
+            .expect_err("root refused")
+            .to_string();
+        assert!(err.contains("allow_root = true"), "{err}");
+        let allowed = PluginConfig {
+            allow_root: true,
+            ..PluginConfig::default()
+        };
+        let spec = run(&n, &task("/bin/sh"), &allowed).expect("root allowed");
+        assert_eq!(spec.identity.map(|i| i.uid), Some(0));
+    }
+    let mut raw = task("/bin/sh");
+    raw.isolation = Isolation::None;
+    let p = PluginConfig {
+        allow_unisolated: true,
+        ..PluginConfig::default()
+    };
+    let spec = run(&nomad(a.path()), &raw, &p).expect("raw mode runs as root");
+    assert!(spec.identity.is_none());
 }
 
 #[test]

@@ -184,7 +184,10 @@ impl Observer {
 
     /// Stops tracking a task and deletes its kernel state (DestroyTask).
     pub fn forget(&self, key: TaskKey) -> Result<(), crate::probes::ProbeError> {
-        lock(&self.state).forget(key);
+        let helper = lock(&self.state).forget(key);
+        if let Some(pid) = helper {
+            self.backend.track_helper(pid, None)?;
+        }
         self.backend.untrack_task(key.0)?;
         self.backend.remove_facts(key.0)
     }
@@ -209,6 +212,37 @@ impl Observer {
     pub fn classify_now(&self, key: TaskKey, exit: &MainExit) -> ExitReason {
         let kernel = self.backend.facts(key.0).ok().flatten();
         lock(&self.state).classify(key, exit, kernel.as_ref(), monotonic_ns())
+    }
+
+    /// A task whose helper ended without recording its exit status: how the main process
+    /// ended as the probes saw it (waiting briefly for its exit record) and who ended the
+    /// helper. None while the main process is not seen to have exited.
+    pub async fn classify_helper_death(
+        &self,
+        key: TaskKey,
+        helper_pid: u32,
+    ) -> Option<(Option<MainExit>, ExitReason)> {
+        let deadline = tokio::time::Instant::now() + CLASSIFY_WAIT;
+        loop {
+            let notified = self.exits.notified();
+            if lock(&self.state).main_exit_seen(key) {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break;
+            }
+        }
+        self.classify_helper_death_now(key, helper_pid)
+    }
+
+    /// [`Observer::classify_helper_death`] without waiting.
+    pub fn classify_helper_death_now(
+        &self,
+        key: TaskKey,
+        helper_pid: u32,
+    ) -> Option<(Option<MainExit>, ExitReason)> {
+        let kernel = self.backend.facts(key.0).ok().flatten();
+        lock(&self.state).classify_helper_death(key, helper_pid, kernel.as_ref(), monotonic_ns())
     }
 
     /// The task's live process tree and recent execs.

@@ -1,5 +1,6 @@
 //! Registering tasks with the kernel: the main process and the processes (and threads) it
-//! already has go into the pinned `TRACKED` / `THREADS` maps and the task gets a `FACTS` record;
+//! already has go into the pinned `TRACKED` / `THREADS` maps, its helper into `HELPERS`, and the
+//! task gets a `FACTS` record;
 //! on recovery the pinned state is re-read, PIDs that died unseen are dropped, and processes the
 //! probes could not see are added from procfs.
 
@@ -53,6 +54,11 @@ impl Observer {
         }
         self.backend.track_pid(meta.main_pid, key.0).map_err(&err)?;
         self.track_threads(meta.main_pid).map_err(&err)?;
+        if let Some(helper) = meta.supervisor_pid {
+            self.backend
+                .track_helper(helper, Some(key.0))
+                .map_err(&err)?;
+        }
         // Facts naming this main process on the first tracking were written by the process
         // itself between fork and exec (see `supervisor::child`): it was seen from the start.
         let self_registered = existing.is_some_and(|f| f.main_pid == meta.main_pid);
@@ -89,6 +95,11 @@ impl Observer {
                 ..TaskFacts::default()
             };
             self.backend.put_facts(key.0, &facts).map_err(&err)?;
+        }
+        if let Some(helper) = meta.supervisor_pid {
+            self.backend
+                .track_helper(helper, Some(key.0))
+                .map_err(&err)?;
         }
         let mut roots = Vec::new();
         let now = monotonic_ns();

@@ -256,14 +256,15 @@ impl ObserverState {
             .seed(pid, parent, comm, cmdline);
     }
 
-    /// Stops following a task.
-    pub fn forget(&mut self, key: TaskKey) {
-        if let Some(meta) = self.tasks.remove(&key).and_then(|t| t.meta) {
-            if self.departed.len() >= DEPARTED_KEPT {
-                self.departed.pop_front();
-            }
-            self.departed.push_back((key, meta));
+    /// Stops following a task; returns its helper's pid, if it had one.
+    pub fn forget(&mut self, key: TaskKey) -> Option<u32> {
+        let meta = self.tasks.remove(&key).and_then(|t| t.meta)?;
+        let helper = meta.supervisor_pid;
+        if self.departed.len() >= DEPARTED_KEPT {
+            self.departed.pop_front();
         }
+        self.departed.push_back((key, meta));
+        helper
     }
 
     fn meta_of(&self, key: TaskKey) -> Option<&TaskMeta> {

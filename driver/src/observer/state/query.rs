@@ -49,6 +49,49 @@ impl ObserverState {
         classify(&facts, exit, &ctx)
     }
 
+    /// The end of task `key` whose helper (`helper_pid`) ended without recording the main
+    /// process's status: the main process's end as the probes saw it (a SIGKILL before its exit,
+    /// which is how a pid namespace dies with its init; other ends leave the status unknown) and
+    /// who signalled the helper. None while the main process has not been seen to exit.
+    pub fn classify_helper_death(
+        &mut self,
+        key: TaskKey,
+        helper_pid: u32,
+        kernel: Option<&TaskFacts>,
+        now: u64,
+    ) -> Option<(Option<MainExit>, ExitReason)> {
+        let t = self.tasks.get_mut(&key)?;
+        if let Some(k) = kernel {
+            t.facts.merge_kernel(k);
+        }
+        let facts = t.facts.clone();
+        let end = facts.main_exit_ktime?;
+        let main = facts
+            .signals
+            .get(&libc::SIGKILL)
+            .filter(|s| s.ktime_ns <= end)
+            .map(|_| MainExit::new(128 + libc::SIGKILL, libc::SIGKILL, false));
+        let task_end = main.as_ref().map(|m| {
+            let ctx = Ctx {
+                state: self,
+                key,
+                now,
+            };
+            Box::new(classify(&facts, m, &ctx))
+        });
+        let helper_sender = facts
+            .helper_signal
+            .as_ref()
+            .map(|s| self.sender_of(key, helper_pid, s));
+        let reason = ExitReason::HelperDied {
+            helper_pid,
+            helper_signal: facts.helper_signal.as_ref().map(|s| s.sig),
+            helper_sender,
+            task_end,
+        };
+        Some((main, reason))
+    }
+
     /// Snapshot of task `key`'s processes, with start times and parents refreshed from procfs.
     pub fn tree(&self, key: TaskKey) -> Option<ProcessTree> {
         let t = self.tasks.get(&key)?;
