@@ -195,17 +195,22 @@ impl Observer {
     /// Why the task ended, once its supervisor reported the main process's wait status. Waits
     /// briefly for the probes' record of that exit so every earlier event is accounted for.
     pub async fn classify(&self, key: TaskKey, exit: &MainExit) -> ExitReason {
+        self.wait_main_exit(key).await;
+        self.classify_now(key, exit)
+    }
+
+    /// Waits up to [`CLASSIFY_WAIT`] for the probes' record of the main process's exit.
+    async fn wait_main_exit(&self, key: TaskKey) {
         let deadline = tokio::time::Instant::now() + CLASSIFY_WAIT;
         loop {
             let notified = self.exits.notified();
             if lock(&self.state).main_exit_seen(key) {
-                break;
+                return;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                break;
+                return;
             }
         }
-        self.classify_now(key, exit)
     }
 
     /// [`Observer::classify`] without waiting.
@@ -222,16 +227,7 @@ impl Observer {
         key: TaskKey,
         helper_pid: u32,
     ) -> Option<(Option<MainExit>, ExitReason)> {
-        let deadline = tokio::time::Instant::now() + CLASSIFY_WAIT;
-        loop {
-            let notified = self.exits.notified();
-            if lock(&self.state).main_exit_seen(key) {
-                break;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                break;
-            }
-        }
+        self.wait_main_exit(key).await;
         self.classify_helper_death_now(key, helper_pid)
     }
 
