@@ -7,6 +7,7 @@ pub mod errors;
 pub mod fingerprint;
 pub mod http;
 pub mod isolation;
+pub mod journal;
 pub mod logging;
 pub mod observer;
 pub mod plugin;

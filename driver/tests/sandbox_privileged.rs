@@ -63,6 +63,7 @@ fn devices_are_usable_and_writable_dirs_are_nodev() {
         ipc_ns: true,
         netns: None,
         pivot_root: true,
+        images: Vec::new(),
     };
     let mut cmd = Command::new("/bin/sh");
     cmd.args(["-c", SCRIPT]);

@@ -110,6 +110,17 @@ pub fn wait_task_pid(agent: &Agent, alloc_id: &str, name: &str) -> Result<i32> {
     )
 }
 
+/// Registers a service job, waits until its allocation runs and its task wrote its pid to
+/// `$NOMAD_ALLOC_DIR/pid`; returns (job id, alloc id, host pid).
+pub fn start_service(agent: &Agent, hcl: &str) -> Result<(String, String, i32)> {
+    let api = agent.api();
+    let job = api.register_job(hcl)?;
+    let alloc = api.wait_job_alloc(&job, TIMEOUT)?;
+    api.wait_alloc_status(&alloc, &["running"], TIMEOUT)?;
+    let pid = wait_task_pid(agent, &alloc, "pid")?;
+    Ok((job, alloc, pid))
+}
+
 /// Whether host pid `pid` is alive and still a process of allocation `alloc_id` (guards
 /// against pid reuse).
 #[must_use]

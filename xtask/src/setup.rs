@@ -1,7 +1,9 @@
 //! `cargo xtask setup`: idempotently installs what the build and tests need into the per-version
-//! cache (nightly + rust-src, bpf-linker, a Nomad agent built from the Go module proxy) and
-//! Prometheus from Debian. Every install goes to a temp dir first and is renamed into place.
+//! cache (nightly + rust-src, bpf-linker, a Nomad agent built from the Go module proxy),
+//! Prometheus and the test peers of the compatibility checks (journald, mksquashfs, busybox)
+//! from Debian. Every install goes to a temp dir first and is renamed into place.
 
+mod debian;
 mod nomad;
 mod prometheus;
 mod rust;
@@ -64,6 +66,7 @@ pub fn ensure_all() -> Result<()> {
         step(rust::ensure_bpf_linker(&cache))?,
         step(nomad::ensure(&cache))?,
         step(prometheus::ensure())?,
+        step(debian::ensure())?,
     ];
 
     let installed = items.iter().filter(|i| i.installed).count();

@@ -66,6 +66,28 @@ fn spawn_error(cmd: &Command, err: &std::io::Error) -> anyhow::Error {
 }
 
 /// Runs a command with inherited stdout/stderr, echoing it first; fails on a non-zero exit.
+/// `apt-get update` then a non-interactive install of `packages` (keeping existing config files).
+pub fn apt_install(packages: &[&str]) -> Result<()> {
+    let apt = || {
+        let mut cmd = Command::new("apt-get");
+        cmd.env("DEBIAN_FRONTEND", "noninteractive");
+        cmd
+    };
+    run(apt().args(["-q", "update"]))?;
+    run(apt()
+        .args([
+            "-q",
+            "-y",
+            "--no-install-recommends",
+            "-o",
+            "Dpkg::Options::=--force-confdef",
+            "-o",
+            "Dpkg::Options::=--force-confold",
+            "install",
+        ])
+        .args(packages))
+}
+
 pub fn run(cmd: &mut Command) -> Result<()> {
     println!("    $ {}", describe(cmd));
     let status = cmd

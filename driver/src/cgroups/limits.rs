@@ -1,6 +1,8 @@
 //! Resource limits written into the task's cgroups, the way Nomad's exec (libcontainer) does:
 //! hard memory = `memory_max` if set else `memory`, soft = `memory` when oversubscribed, CPU
-//! shares (v1) or weight (v2), reserved cores in cpuset.cpus; on v1 swappiness 0 when writable.
+//! shares (v1) or weight (v2), reserved cores in cpuset.cpus; on v1 swappiness 0 when writable
+//! (unless the task allows itself swap). `memory_max = -1` (raw_exec's escape hatch, Nomad's
+//! `memoryNoLimit`) means no hard limit: v2 `memory.max = max`, v1 `-1`, `memory` as the soft one.
 
 use std::fs;
 use std::io;
@@ -15,7 +17,12 @@ pub struct Limits {
     pub memory_max_mb: i64,
     pub cpu_shares: i64,
     pub cpuset_cpus: String,
+    /// The task set `swap_max` above zero: leave v1 swappiness alone.
+    pub allow_swap: bool,
 }
+
+/// Nomad's `memory_max` sentinel for "no hard limit".
+pub const MEMORY_NO_LIMIT: i64 = -1;
 
 impl Limits {
     pub fn from_resources(r: Option<&bpfexec_proto::drivers::Resources>) -> Self {
@@ -31,20 +38,26 @@ impl Limits {
                 .map_or(0, |m| m.memory_max_mb),
             cpu_shares: linux.map_or(0, |l| l.cpu_shares),
             cpuset_cpus: linux.map(|l| l.cpuset_cpus.clone()).unwrap_or_default(),
+            allow_swap: false,
         }
     }
 
-    fn hard_bytes(&self) -> Option<i64> {
+    /// The hard memory limit in bytes (`Unlimited` for `memory_max = -1`); None: none asked.
+    pub fn hard(&self) -> Option<super::extra::MemoryHard> {
+        use super::extra::MemoryHard;
+        if self.memory_max_mb == MEMORY_NO_LIMIT {
+            return Some(MemoryHard::Unlimited);
+        }
         let mb = if self.memory_max_mb > 0 {
             self.memory_max_mb
         } else {
             self.memory_mb
         };
-        (mb > 0).then_some(mb * 1024 * 1024)
+        (mb > 0).then_some(MemoryHard::Bytes(mb * 1024 * 1024))
     }
 
     fn soft_bytes(&self) -> Option<i64> {
-        (self.memory_max_mb > 0 && self.memory_mb > 0).then_some(self.memory_mb * 1024 * 1024)
+        (self.memory_max_mb != 0 && self.memory_mb > 0).then_some(self.memory_mb * 1024 * 1024)
     }
 
     fn shares(&self) -> Option<u64> {
@@ -63,8 +76,8 @@ pub fn plan(cg: &TaskCgroups, limits: &Limits) -> Vec<(std::path::PathBuf, Strin
     match cg.mode {
         CgroupMode::V2 => {
             let Some(dir) = cg.own_dir() else { return w };
-            if let Some(b) = limits.hard_bytes() {
-                w.push((dir.join("memory.max"), b.to_string()));
+            if let Some(hard) = limits.hard() {
+                w.push((dir.join("memory.max"), hard_text(hard, "max")));
             }
             if let Some(b) = limits.soft_bytes() {
                 w.push((dir.join("memory.low"), b.to_string()));
@@ -78,8 +91,8 @@ pub fn plan(cg: &TaskCgroups, limits: &Limits) -> Vec<(std::path::PathBuf, Strin
         }
         CgroupMode::V1 => {
             if let Some(mem) = cg.memory_dir() {
-                if let Some(b) = limits.hard_bytes() {
-                    w.push((mem.join("memory.limit_in_bytes"), b.to_string()));
+                if let Some(hard) = limits.hard() {
+                    w.push((mem.join("memory.limit_in_bytes"), hard_text(hard, "-1")));
                 }
                 if let Some(b) = limits.soft_bytes() {
                     w.push((mem.join("memory.soft_limit_in_bytes"), b.to_string()));
@@ -100,6 +113,13 @@ pub fn plan(cg: &TaskCgroups, limits: &Limits) -> Vec<(std::path::PathBuf, Strin
     w
 }
 
+fn hard_text(hard: super::extra::MemoryHard, unlimited: &str) -> String {
+    match hard {
+        super::extra::MemoryHard::Bytes(b) => b.to_string(),
+        super::extra::MemoryHard::Unlimited => unlimited.to_owned(),
+    }
+}
+
 /// Applies `limits`; on v1 also tries swappiness 0 (best effort, like exec).
 pub fn apply(cg: &TaskCgroups, limits: &Limits) -> io::Result<()> {
     for (file, value) in plan(cg, limits) {
@@ -114,6 +134,7 @@ pub fn apply(cg: &TaskCgroups, limits: &Limits) -> io::Result<()> {
         })?;
     }
     if cg.mode == CgroupMode::V1
+        && !limits.allow_swap
         && let Some(mem) = cg.memory_dir()
     {
         let _ = fs::write(mem.join("memory.swappiness"), "0");
@@ -165,6 +186,7 @@ mod tests {
             memory_max_mb: 512,
             cpu_shares: 500,
             cpuset_cpus: "1".into(),
+            allow_swap: false,
         };
         apply(&cg, &limits).expect("apply");
         let read = |f: &str| fs::read_to_string(scope.join(f)).expect(f);
@@ -212,6 +234,7 @@ mod tests {
             memory_max_mb: 0,
             cpu_shares: 100,
             cpuset_cpus: "0".into(),
+            allow_swap: false,
         };
         apply(&cg, &limits).expect("apply");
         let mem = root.path().join("memory/nomad/a.t");
@@ -225,6 +248,64 @@ mod tests {
             "100"
         );
         assert!(!root.path().join("cpuset/nomad/share/cpuset.cpus").exists());
+    }
+
+    #[test]
+    fn memory_max_minus_one_lifts_the_hard_limit_on_both_versions() {
+        let limits = Limits {
+            memory_mb: 100,
+            memory_max_mb: MEMORY_NO_LIMIT,
+            ..Default::default()
+        };
+        let w = plan(&v2(Path::new("/s")), &limits);
+        assert_eq!(
+            w,
+            vec![
+                (Path::new("/s/memory.max").to_path_buf(), "max".to_owned()),
+                (
+                    Path::new("/s/memory.low").to_path_buf(),
+                    (100 * 1024 * 1024).to_string()
+                ),
+            ]
+        );
+        let v1 = TaskCgroups {
+            mode: CgroupMode::V1,
+            dirs: vec!["/f".into(), "/c".into(), "/m".into()],
+            owned: Vec::new(),
+        };
+        let w = plan(&v1, &limits);
+        assert_eq!(
+            w[..2],
+            [
+                (
+                    Path::new("/m/memory.limit_in_bytes").to_path_buf(),
+                    "-1".to_owned()
+                ),
+                (
+                    Path::new("/m/memory.soft_limit_in_bytes").to_path_buf(),
+                    (100 * 1024 * 1024).to_string()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn swap_allowed_keeps_v1_swappiness() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let cg = TaskCgroups {
+            mode: CgroupMode::V1,
+            dirs: vec![root.path().into(), root.path().into(), root.path().into()],
+            owned: Vec::new(),
+        };
+        let mut limits = Limits {
+            allow_swap: true,
+            ..Default::default()
+        };
+        apply(&cg, &limits).expect("apply");
+        assert!(!root.path().join("memory.swappiness").exists());
+        limits.allow_swap = false;
+        apply(&cg, &limits).expect("apply");
+        assert!(root.path().join("memory.swappiness").exists());
     }
 
     #[test]

@@ -8,9 +8,11 @@
 
 pub mod created;
 pub mod devices;
+pub mod extra;
 mod home;
 mod kill;
 pub mod limits;
+pub mod owned;
 
 use std::fs;
 use std::io;

@@ -2,13 +2,39 @@
 //! (maps with every schema key present, nil for absent values).
 
 pub mod duration;
+pub mod images;
+pub mod logging;
 pub mod number;
+pub mod overrides;
 pub mod plugin;
 pub mod ranges;
+pub mod resources;
 pub mod schema;
+pub mod size;
 pub mod task;
 
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
+
+/// A map option as Nomad delivers it: a map, or a list of maps (what `x = { … }` in a job
+/// becomes), merged in order.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum MapOrList<T> {
+    Map(BTreeMap<String, T>),
+    List(Vec<BTreeMap<String, T>>),
+}
+
+impl<T> MapOrList<T> {
+    pub fn into_map(self) -> BTreeMap<String, T> {
+        match self {
+            Self::Map(m) => m,
+            Self::List(l) => l.into_iter().flatten().collect(),
+        }
+    }
+}
 
 /// Builds cty-msgpack-like maps for the config tests.
 #[cfg(test)]

@@ -76,7 +76,23 @@ pub struct PluginConfig {
     /// How often running tasks' processes are checked for having left the task's cgroup; zero
     /// turns the check off (processes that outlive their task are still killed).
     pub escape_check_interval: std::time::Duration,
+    /// systemd-journald's native socket, for tasks with `logging { driver = "journald" }`.
+    pub journald_socket: PathBuf,
+    /// Ephemeral users (`ephemeral_uid_range`, `default_ephemeral_user`); None: off.
+    pub ephemeral: Option<EphemeralUsers>,
 }
+
+/// The plugin's ephemeral-user settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EphemeralUsers {
+    /// The uids (each task gets uid = gid = one of them), first and last.
+    pub range: (u32, u32),
+    /// Tasks without a `user` run as an ephemeral user unless they set `ephemeral_user = false`.
+    pub by_default: bool,
+}
+
+/// journald's native protocol socket (systemd's default path).
+pub const DEFAULT_JOURNALD_SOCKET: &str = "/run/systemd/journal/socket";
 
 /// Default of `escape_check_interval` (HCL text and value).
 pub const DEFAULT_ESCAPE_CHECK: &str = "2s";
@@ -104,6 +120,8 @@ impl Default for PluginConfig {
             escape_check_interval: std::time::Duration::from_nanos(
                 crate::observer::DEFAULT_ESCAPE_CHECK_NS,
             ),
+            journald_socket: PathBuf::from(DEFAULT_JOURNALD_SOCKET),
+            ephemeral: None,
         }
     }
 }
@@ -125,6 +143,9 @@ struct Raw {
     bpf_pin_dir: Option<String>,
     http_addr: Option<String>,
     escape_check_interval: Option<String>,
+    journald_socket: Option<String>,
+    ephemeral_uid_range: Option<String>,
+    default_ephemeral_user: Option<bool>,
 }
 
 impl PluginConfig {
@@ -203,6 +224,14 @@ impl PluginConfig {
         if let Some(every) = raw.escape_check_interval.filter(|e| !e.is_empty()) {
             cfg.escape_check_interval = super::duration::parse("escape_check_interval", &every)?;
         }
+        if let Some(sock) = journald_socket(raw.journald_socket)? {
+            cfg.journald_socket = sock;
+        }
+        cfg.ephemeral = ephemeral_users(
+            raw.ephemeral_uid_range,
+            raw.default_ephemeral_user,
+            &cfg.denied_host_uids,
+        )?;
         cfg.no_pivot_root = raw.no_pivot_root.unwrap_or(false);
         cfg.allow_unisolated = raw.allow_unisolated.unwrap_or(false);
         cfg.allow_unrestricted_devices = raw.allow_unrestricted_devices.unwrap_or(false);
@@ -212,6 +241,69 @@ impl PluginConfig {
         }
         Ok(cfg)
     }
+}
+
+/// `journald_socket`: an absolute path, or None for the default.
+fn journald_socket(raw: Option<String>) -> Result<Option<PathBuf>, ConfigError> {
+    let Some(sock) = raw.filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    if !sock.starts_with('/') {
+        return Err(ConfigError::Invalid {
+            field: "journald_socket",
+            problem: format!("{sock:?} is a relative path"),
+            fix: format!(
+                "give journald's native socket, e.g. journald_socket = \"{DEFAULT_JOURNALD_SOCKET}\" (or /run/systemd/journal.<namespace>/socket)"
+            ),
+        });
+    }
+    Ok(Some(PathBuf::from(sock)))
+}
+
+/// `ephemeral_uid_range` and `default_ephemeral_user`; the default needs a range.
+fn ephemeral_users(
+    range: Option<String>,
+    by_default: Option<bool>,
+    denied: &IdRanges,
+) -> Result<Option<EphemeralUsers>, ConfigError> {
+    let by_default = by_default.unwrap_or(false);
+    match range.filter(|r| !r.trim().is_empty()) {
+        Some(range) => Ok(Some(EphemeralUsers {
+            range: ephemeral_range(&range, denied)?,
+            by_default,
+        })),
+        None if by_default => Err(ConfigError::Invalid {
+            field: "default_ephemeral_user",
+            problem: "is true but ephemeral_uid_range is not set".into(),
+            fix: "set ephemeral_uid_range = \"<first>-<last>\" to the uids tasks may get, e.g. \"61184-65519\"".into(),
+        }),
+        None => Ok(None),
+    }
+}
+
+/// Parses `ephemeral_uid_range` ("first-last"): a range of unprivileged ids that the plugin's
+/// `denied_host_uids` does not forbid (an ephemeral task's gid is its uid).
+fn ephemeral_range(text: &str, denied: &IdRanges) -> Result<(u32, u32), ConfigError> {
+    let bad = |problem: String| {
+        ConfigError::Invalid {
+        field: "ephemeral_uid_range",
+        problem,
+        fix: "give one range of unused ids above 1000, e.g. ephemeral_uid_range = \"61184-65519\" (systemd's DynamicUser range)".into(),
+    }
+    };
+    let (lo, hi) = text
+        .split_once('-')
+        .and_then(|(a, b)| Some((a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?)))
+        .ok_or_else(|| bad(format!("{text:?} is not a range \"first-last\"")))?;
+    if lo > hi || lo <= 1000 || hi >= u32::MAX - 1 {
+        return Err(bad(format!("{text:?} is not a range of unprivileged ids")));
+    }
+    if let Some(id) = denied.first_in(lo, hi) {
+        return Err(bad(format!(
+            "{text:?} includes uid {id}, which denied_host_uids forbids"
+        )));
+    }
+    Ok((lo, hi))
 }
 
 #[cfg(test)]
@@ -264,6 +356,9 @@ mod tests {
             ("escape_check_interval", "500ms".into()),
             ("allow_root", true.into()),
             ("default_seccomp", "unconfined".into()),
+            ("journald_socket", "/run/systemd/journal.t/socket".into()),
+            ("ephemeral_uid_range", "70000-70009".into()),
+            ("default_ephemeral_user", true.into()),
         ]);
         let cfg = PluginConfig::decode(&set).expect("decode");
         assert_eq!(
@@ -278,6 +373,25 @@ mod tests {
         assert!(cfg.no_pivot_root && cfg.allow_unisolated && cfg.allow_unrestricted_devices);
         assert!(cfg.allow_root);
         assert_eq!(cfg.default_seccomp, SeccompChoice::Unconfined);
+        assert_eq!(
+            cfg.journald_socket,
+            PathBuf::from("/run/systemd/journal.t/socket")
+        );
+        assert_eq!(
+            cfg.ephemeral,
+            Some(EphemeralUsers {
+                range: (70_000, 70_009),
+                by_default: true
+            })
+        );
+        let overlap = enc(vec![
+            ("denied_host_uids", "70005".into()),
+            ("ephemeral_uid_range", "70000-70009".into()),
+        ]);
+        let err = PluginConfig::decode(&overlap)
+            .expect_err("overlap")
+            .to_string();
+        assert!(err.contains("denied_host_uids"), "{err}");
     }
 
     #[test]
@@ -290,6 +404,10 @@ mod tests {
             ("denied_host_gids", Value::from("10-1")),
             ("escape_check_interval", Value::from("soon")),
             ("default_seccomp", Value::from("relative.json")),
+            ("journald_socket", Value::from("run/journal")),
+            ("ephemeral_uid_range", Value::from("0-100")),
+            ("ephemeral_uid_range", Value::from("70000")),
+            ("default_ephemeral_user", Value::from(true)),
             (
                 "chroot_env",
                 Value::Map(vec![("usr".into(), "/usr".into())]),

@@ -37,6 +37,15 @@ impl IdRanges {
         self.0.iter().any(|(lo, hi)| (*lo..=*hi).contains(&id))
     }
 
+    /// The lowest id of `lo..=hi` these ranges contain, if any.
+    pub fn first_in(&self, lo: u32, hi: u32) -> Option<u32> {
+        self.0
+            .iter()
+            .filter(|(a, b)| *a <= hi && *b >= lo)
+            .map(|(a, _)| (*a).max(lo))
+            .min()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -52,6 +61,9 @@ mod tests {
         assert!(r.contains(0) && r.contains(999) && r.contains(1001) && r.contains(2000));
         assert!(!r.contains(1000) && !r.contains(65534));
         assert!(IdRanges::parse("x", "").expect("empty").is_empty());
+        assert_eq!(r.first_in(500, 2000), Some(500));
+        assert_eq!(r.first_in(1000, 1000), None);
+        assert_eq!(r.first_in(1000, 1001), Some(1001));
     }
 
     #[test]

@@ -39,6 +39,29 @@ pub fn block_attrs(name: &str, ty: &str) -> Spec {
     }
 }
 
+/// An optional nested block decoded with `nested` (hclspec Block).
+pub fn block(name: &str, nested: Spec) -> Spec {
+    Spec {
+        block: Some(Block::BlockValue(Box::new(hclspec::Block {
+            name: name.into(),
+            required: false,
+            nested: Some(Box::new(nested)),
+        }))),
+    }
+}
+
+/// Any number of nested blocks, each decoded with `nested` (hclspec BlockList).
+pub fn block_list(name: &str, nested: Spec) -> Spec {
+    Spec {
+        block: Some(Block::BlockList(Box::new(hclspec::BlockList {
+            name: name.into(),
+            min_items: 0,
+            max_items: 0,
+            nested: Some(Box::new(nested)),
+        }))),
+    }
+}
+
 /// The root object of a schema.
 pub fn object(fields: Vec<(&str, Spec)>) -> Spec {
     Spec {
@@ -113,6 +136,22 @@ pub fn plugin_schema() -> Spec {
                 &hcl_string(super::plugin::DEFAULT_ESCAPE_CHECK),
             ),
         ),
+        (
+            "journald_socket",
+            with_default(
+                "journald_socket",
+                "string",
+                &hcl_string(super::plugin::DEFAULT_JOURNALD_SOCKET),
+            ),
+        ),
+        (
+            "ephemeral_uid_range",
+            attr("ephemeral_uid_range", "string", false),
+        ),
+        (
+            "default_ephemeral_user",
+            with_default("default_ephemeral_user", "bool", "false"),
+        ),
     ])
 }
 
@@ -133,6 +172,58 @@ pub fn task_schema() -> Spec {
         ),
         ("oom_score_adj", attr("oom_score_adj", "number", false)),
         ("seccomp", attr("seccomp", "string", false)),
+        // Maps in a job's task config reach the driver as lists of maps (Nomad's HCL parsing
+        // turns `x = { … }` into a one-element list), hence list(map(…)), as raw_exec declares
+        // cgroup_v1_override; `MapOrList` takes both shapes.
+        // raw_exec's cgroup overrides.
+        (
+            "cgroup_v1_override",
+            attr("cgroup_v1_override", "list(map(string))", false),
+        ),
+        (
+            "cgroup_v2_override",
+            attr("cgroup_v2_override", "string", false),
+        ),
+        // The systemd transient-unit driver's limits, group, logging, images and users.
+        ("swap_max", attr("swap_max", "string", false)),
+        ("pids_max", attr("pids_max", "number", false)),
+        ("io_weight", attr("io_weight", "number", false)),
+        (
+            "io_read_bandwidth_max",
+            attr("io_read_bandwidth_max", "list(map(string))", false),
+        ),
+        (
+            "io_write_bandwidth_max",
+            attr("io_write_bandwidth_max", "list(map(string))", false),
+        ),
+        (
+            "io_read_iops_max",
+            attr("io_read_iops_max", "list(map(number))", false),
+        ),
+        (
+            "io_write_iops_max",
+            attr("io_write_iops_max", "list(map(number))", false),
+        ),
+        ("group", attr("group", "string", false)),
+        (
+            "logging",
+            block(
+                "logging",
+                object(vec![("driver", attr("driver", "string", false))]),
+            ),
+        ),
+        ("root_image", attr("root_image", "string", false)),
+        (
+            "mount_image",
+            block_list(
+                "mount_image",
+                object(vec![
+                    ("source", attr("source", "string", true)),
+                    ("target", attr("target", "string", true)),
+                ]),
+            ),
+        ),
+        ("ephemeral_user", attr("ephemeral_user", "bool", false)),
     ])
 }
 

@@ -1,11 +1,16 @@
 //! A job task's `config {}` for `driver = "bpfexec"`, decoded from cty-msgpack and validated.
 //! Names and meanings follow Nomad's exec driver; `isolation`, `signal_all_processes` and
-//! `oom_score_adj` are ours.
+//! `oom_score_adj` are ours; raw_exec's cgroup overrides and the systemd driver's limits, group,
+//! logging, images and ephemeral users are decoded by their own modules.
 
 use serde::Deserialize;
 
 use super::ConfigError;
+use super::images::{self, Images};
+use super::logging::{self, LogDriver};
 use super::number::Number;
+use super::overrides::{self, CgroupOverride};
+use super::resources::{self, ExtraLimits};
 
 /// Namespace mode for `pid_mode` / `ipc_mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
@@ -30,9 +35,10 @@ impl NsMode {
 }
 
 /// `isolation = "full"` (default) or `"none"` (raw_exec-like, needs `allow_unisolated`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Isolation {
+    #[default]
     Full,
     None,
 }
@@ -75,7 +81,7 @@ impl SeccompChoice {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 pub struct TaskConfig {
     pub command: String,
     pub args: Vec<String>,
@@ -90,6 +96,16 @@ pub struct TaskConfig {
     pub oom_score_adj: Option<i32>,
     /// None: the plugin's `default_seccomp`.
     pub seccomp: Option<SeccompChoice>,
+    /// Swap, pids and IO limits.
+    pub limits: ExtraLimits,
+    /// raw_exec's `cgroup_v1_override` / `cgroup_v2_override`.
+    pub cgroup_override: CgroupOverride,
+    /// Primary group (name or gid) instead of the user's.
+    pub group: Option<String>,
+    pub logging: LogDriver,
+    pub images: Images,
+    /// Run under a uid/gid of the task's own; None: the plugin's `default_ephemeral_user`.
+    pub ephemeral_user: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,6 +121,16 @@ struct Raw {
     signal_all_processes: Option<bool>,
     oom_score_adj: Option<Number>,
     seccomp: Option<String>,
+    group: Option<String>,
+    ephemeral_user: Option<bool>,
+    #[serde(flatten)]
+    limits: resources::Raw,
+    #[serde(flatten)]
+    cgroup_override: overrides::Raw,
+    #[serde(flatten)]
+    logging: logging::Raw,
+    #[serde(flatten)]
+    images: images::Raw,
 }
 
 fn non_empty(v: Option<String>) -> Option<String> {
@@ -185,6 +211,12 @@ impl TaskConfig {
             signal_all_processes: raw.signal_all_processes.unwrap_or(false),
             oom_score_adj,
             seccomp,
+            limits: raw.limits.validate()?,
+            cgroup_override: raw.cgroup_override.validate()?,
+            group: non_empty(raw.group),
+            logging: raw.logging.validate()?,
+            images: raw.images.validate()?,
+            ephemeral_user: raw.ephemeral_user,
         })
     }
 }

@@ -1,5 +1,7 @@
 //! Who a task runs as: the job's `user` (default `nobody`, like exec) resolved on the host, with
-//! its groups, refused before anything starts when it falls in `denied_host_uids`/`gids`.
+//! its groups, or a primary `group` of the task's choosing (systemd's `Group=`), or an ephemeral
+//! uid/gid of the task's own (systemd's `DynamicUser=`); refused before anything starts when it
+//! falls in `denied_host_uids`/`gids`.
 
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +44,42 @@ pub fn resolve(user: &str) -> Result<Identity, String> {
     })
 }
 
+/// Makes `group` (a name, or a numeric gid) the primary group of `id`; the supplementary groups
+/// are those the group database gives the user with that primary group.
+pub fn with_group(mut id: Identity, group: &str) -> Result<Identity, String> {
+    let found = if let Ok(gid) = group.parse::<u32>() {
+        nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
+    } else {
+        nix::unistd::Group::from_name(group)
+    };
+    let entry = found
+        .map_err(|e| format!("cannot look up group {group:?}: {e}"))?
+        .ok_or_else(|| {
+            format!("group {group:?} (config {{ group }}) does not exist on this client; name an existing group or gid")
+        })?;
+    let gid = entry.gid.as_raw();
+    if let Ok(cname) = std::ffi::CString::new(id.user.clone())
+        && let Ok(groups) = nix::unistd::getgrouplist(&cname, entry.gid)
+    {
+        id.groups = groups.into_iter().map(nix::unistd::Gid::as_raw).collect();
+    } else {
+        id.groups = vec![gid];
+    }
+    id.gid = gid;
+    Ok(id)
+}
+
+/// The identity of a task running as ephemeral id `id` (uid = gid, no supplementary groups).
+pub fn ephemeral(id: u32) -> Identity {
+    Identity {
+        user: format!("ephemeral-{id}"),
+        uid: id,
+        gid: id,
+        groups: Vec::new(),
+        home: "/".to_owned(),
+    }
+}
+
 /// Refuses identities whose uid, primary gid or any supplementary gid is denied.
 pub fn check_denied(id: &Identity, uids: &IdRanges, gids: &IdRanges) -> Result<(), String> {
     if uids.contains(id.uid) {
@@ -73,6 +111,30 @@ mod tests {
         assert_eq!(resolve("0").expect("uid 0").user, "root");
         let err = resolve("no-such-user-bpfexec").expect_err("missing");
         assert!(err.contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn group_replaces_the_primary_group() {
+        let root = resolve("root").expect("root");
+        let nogroup = nix::unistd::Group::from_name("nogroup")
+            .ok()
+            .flatten()
+            .or_else(|| {
+                nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(65534))
+                    .ok()
+                    .flatten()
+            })
+            .expect("a nogroup group");
+        let id = with_group(root.clone(), &nogroup.name).expect("by name");
+        assert_eq!(id.gid, nogroup.gid.as_raw());
+        assert!(id.groups.contains(&id.gid), "{:?}", id.groups);
+        let id = with_group(root.clone(), &nogroup.gid.as_raw().to_string()).expect("by gid");
+        assert_eq!(id.gid, nogroup.gid.as_raw());
+        let err = with_group(root, "no-such-group-bpfexec").expect_err("missing");
+        assert!(err.contains("config { group }"), "{err}");
+        let e = ephemeral(61_200);
+        assert_eq!((e.uid, e.gid), (61_200, 61_200));
+        assert!(e.groups.is_empty());
     }
 
     #[test]

@@ -4,4 +4,5 @@
 
 pub mod caps;
 pub mod identity;
+pub mod images;
 pub mod plan;

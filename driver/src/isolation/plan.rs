@@ -6,16 +6,18 @@
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use bpfexec_proto::drivers;
 
 use super::{caps, identity};
+use crate::config::logging::LogDriver;
 use crate::config::plugin::PluginConfig;
 use crate::config::task::{Isolation, NsMode, SeccompChoice, TaskConfig};
 use crate::errors::DriverError;
 use crate::supervisor::sandbox::{host_path, order};
-use crate::supervisor::spec::{Bind, LaunchSpec, Sandbox};
+use crate::supervisor::spec::{Bind, JournalSpec, LaunchSpec, Sandbox};
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -35,6 +37,8 @@ pub struct PlanInput<'a> {
     /// This task's state directory (the sandbox root is created inside it).
     pub state_dir: &'a Path,
     pub cgroup_join: Vec<PathBuf>,
+    /// The ephemeral uid (= gid) claimed for the task, when it runs as one.
+    pub ephemeral_id: Option<u32>,
 }
 
 pub fn plan(input: &PlanInput<'_>) -> Result<LaunchSpec, DriverError> {
@@ -56,31 +60,26 @@ pub fn plan(input: &PlanInput<'_>) -> Result<LaunchSpec, DriverError> {
             ));
         }
     };
-    let ident = task_identity(nomad, plugin, isolated)?;
-    let mut env: BTreeMap<String, String> = nomad.env.clone().into_iter().collect();
-    if isolated {
-        // Nomad gives IMAGE-isolated tasks no host environment; keep a usable PATH.
-        env.entry("PATH".into())
-            .or_insert_with(|| DEFAULT_PATH.to_owned());
-    } else {
-        // Nomad set the task-view paths (/alloc, /local, /secrets); raw mode sees the host's.
-        let alloc = Path::new(&nomad.alloc_dir);
-        env.insert(
-            "NOMAD_ALLOC_DIR".into(),
-            alloc.join("alloc").display().to_string(),
-        );
-        env.insert(
-            "NOMAD_TASK_DIR".into(),
-            task_dir.join("local").display().to_string(),
-        );
-        env.insert(
-            "NOMAD_SECRETS_DIR".into(),
-            task_dir.join("secrets").display().to_string(),
-        );
+    let ident = task_identity(input, isolated)?;
+    let env = task_env(nomad, isolated, &task_dir);
+    if !isolated && task.images.is_set() {
+        return Err(refuse(
+            id,
+            "root_image and mount_image need the task's own mount namespace; they are not available with isolation = \"none\"",
+        ));
     }
     let (sandbox, caps) = if isolated {
         let sb = sandbox(input, &task_dir)?;
-        let caps = caps::effective(&plugin.allow_caps, &task.cap_add, &task.cap_drop)
+        // An ephemeral user holds only what the task adds (DynamicUser= services run without
+        // capabilities): exec's default set has KILL and DAC_OVERRIDE, which would let it signal
+        // and read other tasks' processes and files, the very thing its own uid is to prevent.
+        let all = ["all".to_owned()];
+        let drop = if input.ephemeral_id.is_some() {
+            &all[..]
+        } else {
+            &task.cap_drop[..]
+        };
+        let caps = caps::effective(&plugin.allow_caps, &task.cap_add, drop)
             .map_err(|e| refuse(id, e.to_string()))?;
         (Some(sb), Some(caps))
     } else {
@@ -92,12 +91,17 @@ pub fn plan(input: &PlanInput<'_>) -> Result<LaunchSpec, DriverError> {
             None => Some(p.to_path_buf()),
         }
     };
-    let relative_base = if isolated {
-        PathBuf::from("/")
-    } else {
-        task_dir.clone()
+    let search = Search {
+        task: id,
+        command: &task.command,
+        isolated,
+        task_dir: &task_dir,
+        alloc_dir: Path::new(&nomad.alloc_dir),
+        path: env.get("PATH").map_or(DEFAULT_PATH, String::as_str),
+        view: &view,
+        in_root_image: isolated && task.images.root.is_some(),
     };
-    let program = resolve_program(id, &task.command, &relative_base, &env, &view)?;
+    let program = search.resolve()?;
     let cwd = match &task.work_dir {
         Some(dir) => PathBuf::from(dir),
         None if isolated => PathBuf::from("/"),
@@ -105,6 +109,10 @@ pub fn plan(input: &PlanInput<'_>) -> Result<LaunchSpec, DriverError> {
     };
     let pid_ns = isolated && task.pid_mode.unwrap_or(plugin.default_pid_mode) == NsMode::Private;
     let seccomp = seccomp_for(id, task, plugin, caps.as_deref())?;
+    let journal = match task.logging {
+        LogDriver::Nomad => None,
+        LogDriver::Journald => Some(journal_spec(id, nomad, plugin)?),
+    };
     Ok(LaunchSpec {
         task_id: id.to_owned(),
         program,
@@ -127,23 +135,58 @@ pub fn plan(input: &PlanInput<'_>) -> Result<LaunchSpec, DriverError> {
         caps,
         no_new_privs: isolated,
         seccomp,
+        journal,
     })
 }
 
-/// The task's user (`nobody` by default, root in raw mode), refused when the plugin denies it
-/// or, for an isolated task, when it is uid 0 without `allow_root`.
-fn task_identity(
+/// The task's environment: Nomad's, with a PATH for an isolated task (Nomad gives IMAGE-isolated
+/// tasks no host environment) and the host paths of the task directories in raw mode (Nomad set
+/// the task-view ones, /alloc, /local, /secrets).
+fn task_env(
     nomad: &drivers::TaskConfig,
-    plugin: &PluginConfig,
     isolated: bool,
-) -> Result<identity::Identity, DriverError> {
+    task_dir: &Path,
+) -> BTreeMap<String, String> {
+    let mut env: BTreeMap<String, String> = nomad.env.clone().into_iter().collect();
+    if isolated {
+        env.entry("PATH".into())
+            .or_insert_with(|| DEFAULT_PATH.to_owned());
+    } else {
+        let alloc = Path::new(&nomad.alloc_dir);
+        for (key, path) in [
+            ("NOMAD_ALLOC_DIR", alloc.join("alloc")),
+            ("NOMAD_TASK_DIR", task_dir.join("local")),
+            ("NOMAD_SECRETS_DIR", task_dir.join("secrets")),
+        ] {
+            env.insert(key.into(), path.display().to_string());
+        }
+    }
+    env
+}
+
+/// Who the task runs as: its user (`nobody` by default, root in raw mode) or its ephemeral id,
+/// with the task's `group`; refused when the plugin denies it or, for an isolated task, when it
+/// is uid 0 without `allow_root`.
+fn task_identity(input: &PlanInput<'_>, isolated: bool) -> Result<identity::Identity, DriverError> {
+    let PlanInput {
+        nomad,
+        task,
+        plugin,
+        ..
+    } = input;
     let id = nomad.id.as_str();
     let user = match nomad.user.as_str() {
         "" if isolated => identity::DEFAULT_USER,
         "" => "root",
         named => named,
     };
-    let ident = identity::resolve(user).map_err(|e| refuse(id, e))?;
+    let mut ident = match input.ephemeral_id {
+        Some(eid) => identity::ephemeral(eid),
+        None => identity::resolve(user).map_err(|e| refuse(id, e))?,
+    };
+    if let Some(group) = &task.group {
+        ident = identity::with_group(ident, group).map_err(|e| refuse(id, e))?;
+    }
     identity::check_denied(&ident, &plugin.denied_host_uids, &plugin.denied_host_gids)
         .map_err(|e| refuse(id, e))?;
     if isolated && ident.uid == 0 && !plugin.allow_root {
@@ -191,6 +234,31 @@ fn seccomp_for(
     })
 }
 
+/// Where a `logging { driver = "journald" }` task's output goes; refused when journald's socket
+/// is not there (its output would be lost).
+fn journal_spec(
+    id: &str,
+    nomad: &drivers::TaskConfig,
+    plugin: &PluginConfig,
+) -> Result<JournalSpec, DriverError> {
+    use std::os::unix::fs::FileTypeExt;
+    let socket = &plugin.journald_socket;
+    if !std::fs::metadata(socket).is_ok_and(|m| m.file_type().is_socket()) {
+        return Err(refuse(
+            id,
+            format!(
+                "logging.driver = \"journald\" but there is no journald socket at {} (is systemd-journald running?); start it, point the plugin's journald_socket at it, or use logging {{ driver = \"nomad\" }}",
+                socket.display()
+            ),
+        ));
+    }
+    Ok(JournalSpec {
+        socket: socket.clone(),
+        identifier: nomad.name.clone(),
+        fields: crate::journal::task_fields(nomad),
+    })
+}
+
 fn sandbox(input: &PlanInput<'_>, task_dir: &Path) -> Result<Sandbox, DriverError> {
     let PlanInput {
         nomad,
@@ -199,10 +267,12 @@ fn sandbox(input: &PlanInput<'_>, task_dir: &Path) -> Result<Sandbox, DriverErro
         state_dir,
         ..
     } = input;
+    let root_image = task.images.root.is_some();
     let mut mounts: Vec<Bind> = plugin
         .chroot_env
         .iter()
-        .filter(|(host, _)| Path::new(host).exists())
+        // A root image replaces the host's directories.
+        .filter(|(host, _)| !root_image && Path::new(host).exists())
         .map(|(host, inside)| Bind {
             source: host.into(),
             target: inside.into(),
@@ -271,9 +341,18 @@ fn sandbox(input: &PlanInput<'_>, task_dir: &Path) -> Result<Sandbox, DriverErro
                 && !n.path.is_empty()
         })
         .map(|n| PathBuf::from(&n.path));
+    let mounts = order(mounts);
+    let images = super::images::resolve(
+        &task.images,
+        task_dir,
+        Path::new(&nomad.alloc_dir),
+        &|p: &Path| host_path(&mounts, p),
+    )
+    .map_err(|e| refuse(&nomad.id, e))?;
     Ok(Sandbox {
         root: state_dir.join("root"),
-        mounts: order(mounts),
+        mounts,
+        images,
         devices,
         ipc_ns: task.ipc_mode.unwrap_or(plugin.default_ipc_mode) == NsMode::Private,
         netns,
@@ -281,62 +360,144 @@ fn sandbox(input: &PlanInput<'_>, task_dir: &Path) -> Result<Sandbox, DriverErro
     })
 }
 
-/// Finds the program as the task will see it: absolute paths as they are, paths with a slash
-/// relative to the task directory, bare names on the task's `PATH`; checked on the host through
-/// `view` (task path → host path).
-fn resolve_program(
-    task: &str,
-    command: &str,
-    relative_base: &Path,
-    env: &BTreeMap<String, String>,
-    view: &dyn Fn(&Path) -> Option<PathBuf>,
-) -> Result<PathBuf, DriverError> {
-    let usable = |p: &Path| view(p).is_some_and(|h| is_executable(&h));
-    let candidate = if command.contains('/') {
-        let p = Path::new(command);
-        if p.is_absolute() {
-            p.to_path_buf()
+/// Where and how to look for the task's command.
+struct Search<'a> {
+    task: &'a str,
+    command: &'a str,
+    isolated: bool,
+    /// The task directory on the host.
+    task_dir: &'a Path,
+    /// The allocation directory on the host: files in it (artifacts, templates) are made
+    /// executable when they are not, as exec does.
+    alloc_dir: &'a Path,
+    /// The task's PATH, searched last.
+    path: &'a str,
+    /// Task path → host path.
+    view: &'a dyn Fn(&Path) -> Option<PathBuf>,
+    /// The task's root is a filesystem image, which the plugin cannot look into: a command that
+    /// is not in the task's own directories is taken as a path inside the image, unchecked.
+    in_root_image: bool,
+}
+
+impl Search<'_> {
+    /// The candidates in exec's order: the task's `local/`, the task directory (for an isolated
+    /// task its root, which holds `chroot_env`, the task's directories and the volume mounts,
+    /// so mounts come in here), then for a bare name `/usr/local/bin`, `/usr/bin`, `/bin` and
+    /// finally the task's PATH. In raw mode (raw_exec's order): `local/`, the task directory,
+    /// an absolute host path, then the PATH. As the task sees them.
+    fn candidates(&self) -> Vec<PathBuf> {
+        let cmd = self.command;
+        let rel = cmd.trim_start_matches('/');
+        let mut out = Vec::new();
+        if self.isolated {
+            out.push(Path::new("/local").join(rel));
+            out.push(Path::new("/").join(rel));
         } else {
-            relative_base.join(p)
+            out.push(self.task_dir.join("local").join(rel));
+            out.push(self.task_dir.join(rel));
+            if cmd.starts_with('/') {
+                out.push(PathBuf::from(cmd));
+            }
         }
-    } else {
-        let path = env.get("PATH").map_or(DEFAULT_PATH, String::as_str);
-        path.split(':')
-            .filter(|d| !d.is_empty())
-            .map(|d| Path::new(d).join(command))
-            .find(|p| usable(p))
-            .ok_or_else(|| refuse(task, format!("command {command:?} was not found on the task's PATH ({path}); set config {{ command }} to an absolute path")))?
-    };
-    let Some(host) = view(&candidate).filter(|h| h.exists()) else {
-        return Err(refuse(
-            task,
-            format!(
-                "command {command:?} ({}) does not exist in the task's filesystem; check config {{ command }} and the plugin's chroot_env",
-                candidate.display()
-            ),
-        ));
-    };
-    if host.is_dir() || !is_executable(&host) {
-        return Err(refuse(
-            task,
-            format!(
-                "command {command:?} ({}) is not an executable file; check config {{ command }} and the file's mode",
-                candidate.display()
-            ),
-        ));
+        if !cmd.contains('/') {
+            let fixed = if self.isolated {
+                ["/usr/local/bin", "/usr/bin", "/bin"].as_slice()
+            } else {
+                [].as_slice()
+            };
+            for dir in fixed
+                .iter()
+                .copied()
+                .chain(self.path.split(':').filter(|d| d.starts_with('/')))
+            {
+                out.push(Path::new(dir).join(cmd));
+            }
+        }
+        out
     }
-    if let Some(interp) = shebang(&host)
-        && !view(&interp).is_some_and(|h| is_executable(&h))
-    {
-        return Err(refuse(
-            task,
-            format!(
-                "command {command:?} is a script whose interpreter {} does not exist (or is not executable) in the task's filesystem; fix its #! line or add the interpreter's directory to chroot_env",
-                interp.display()
-            ),
-        ));
+
+    /// Finds the program; checked on the host through `view`.
+    fn resolve(&self) -> Result<PathBuf, DriverError> {
+        let found = self.candidates().into_iter().find_map(|c| {
+            let host = (self.view)(&c)?;
+            host.is_file().then_some((c, host))
+        });
+        if found.is_none() && self.in_root_image {
+            return if self.command.contains('/') {
+                Ok(Path::new("/").join(self.command.trim_start_matches('/')))
+            } else {
+                Err(refuse(
+                    self.task,
+                    format!(
+                        "command {:?} is not in the task's directories and the driver cannot search the root_image for it; give its absolute path inside the image, e.g. \"/bin/{}\"",
+                        self.command, self.command
+                    ),
+                ))
+            };
+        }
+        let Some((candidate, host)) = found else {
+            let where_ = if self.command.contains('/') {
+                "in the task's filesystem".to_owned()
+            } else {
+                format!(
+                    "in the task's local/, its root, /usr/local/bin, /usr/bin, /bin or its PATH ({})",
+                    self.path
+                )
+            };
+            return Err(refuse(
+                self.task,
+                format!(
+                    "command {:?} does not exist {where_}; check config {{ command }} and the plugin's chroot_env (or fetch it with an artifact into local/)",
+                    self.command
+                ),
+            ));
+        };
+        if !is_executable(&host) {
+            self.make_executable(&candidate, &host)?;
+        }
+        if let Some(interp) = shebang(&host)
+            && !(self.view)(&interp).is_some_and(|h| is_executable(&h))
+        {
+            return Err(refuse(
+                self.task,
+                format!(
+                    "command {:?} is a script whose interpreter {} does not exist (or is not executable) in the task's filesystem; fix its #! line or add the interpreter's directory to chroot_env",
+                    self.command,
+                    interp.display()
+                ),
+            ));
+        }
+        Ok(candidate)
     }
-    Ok(candidate)
+
+    /// Adds the execute bits to a command from the allocation directory (an artifact fetched
+    /// without them), as exec does; anything else that is not executable is refused.
+    fn make_executable(&self, candidate: &Path, host: &Path) -> Result<(), DriverError> {
+        let not_exec = || {
+            refuse(
+                self.task,
+                format!(
+                    "command {:?} ({}) is not an executable file; check config {{ command }} and the file's mode",
+                    self.command,
+                    candidate.display()
+                ),
+            )
+        };
+        let in_alloc = match (host.canonicalize(), self.alloc_dir.canonicalize()) {
+            (Ok(h), Ok(a)) => h.starts_with(a),
+            _ => false,
+        };
+        if !in_alloc {
+            return Err(not_exec());
+        }
+        let mode = std::fs::metadata(host)
+            .map_err(|_| not_exec())?
+            .permissions()
+            .mode();
+        std::fs::set_permissions(host, std::fs::Permissions::from_mode(mode | 0o555))
+            .map_err(|e| DriverError::io(format!("making {} executable", host.display()), e))?;
+        Ok(())
+    }
 }
 
 /// The interpreter named on a script's `#!` line, if the file is a script.

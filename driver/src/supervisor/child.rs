@@ -18,9 +18,19 @@ pub struct Spawned {
     pub listener: Option<OwnedFd>,
 }
 
-pub fn spawn(spec: &LaunchSpec) -> io::Result<Spawned> {
-    let stdout = open_log(&spec.stdout_path)?;
-    let stderr = open_log(&spec.stderr_path)?;
+/// Starts the task; its stdout and stderr are the journal relay's pipes when given, else the
+/// log FIFOs Nomad made.
+pub fn spawn(
+    spec: &LaunchSpec,
+    journal: Option<&super::journalrelay::Streams>,
+) -> io::Result<Spawned> {
+    let (stdout, stderr) = match journal {
+        Some(s) => (
+            File::from(s.stdout.try_clone()?),
+            File::from(s.stderr.try_clone()?),
+        ),
+        None => (open_log(&spec.stdout_path)?, open_log(&spec.stderr_path)?),
+    };
     let channel = spec
         .seccomp
         .as_ref()
@@ -55,6 +65,11 @@ fn prepare(spec: &LaunchSpec, seccomp_channel: Option<RawFd>) -> io::Result<()> 
     // from the agent's terminal reaches it.
     nix::unistd::setsid().map_err(io::Error::from)?;
     reset_signals();
+    if let Some(sb) = &spec.sandbox {
+        sandbox::enter_namespaces(sb)?;
+        // Before the cgroup joins: the task's devices cgroup would refuse the loop devices.
+        super::images::stage(sb)?;
+    }
     for file in &spec.cgroup_join {
         join_cgroup(file)?;
     }
@@ -68,7 +83,7 @@ fn prepare(spec: &LaunchSpec, seccomp_channel: Option<RawFd>) -> io::Result<()> 
             .map_err(|e| io::Error::new(e.kind(), format!("setting oom_score_adj {adj}: {e}")))?;
     }
     if let Some(sb) = &spec.sandbox {
-        sandbox::enter(sb)?;
+        sandbox::enter_root(sb)?;
     }
     std::env::set_current_dir(&spec.cwd)
         .map_err(|e| io::Error::new(e.kind(), format!("work_dir {}: {e}", spec.cwd.display())))?;

@@ -16,7 +16,11 @@ use super::record::StartReport;
 use super::spec::LaunchSpec;
 use super::{child, detach_stdout, finish, log, report, report_failure, serve};
 
-pub fn launch(dir: &Path, spec: &LaunchSpec) -> io::Result<()> {
+pub fn launch(
+    dir: &Path,
+    spec: &LaunchSpec,
+    streams: Option<super::journalrelay::Streams>,
+) -> io::Result<()> {
     unshare(CloneFlags::CLONE_NEWPID)
         .map_err(|e| io::Error::other(format!("unsharing the pid namespace: {e}")))?;
     let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
@@ -29,7 +33,7 @@ pub fn launch(dir: &Path, spec: &LaunchSpec) -> io::Result<()> {
         ForkResult::Child => {
             drop(rx);
             drop(ack_tx);
-            let code = match init(dir, spec, tx, ack_rx) {
+            let code = match init(dir, spec, tx, ack_rx, streams) {
                 Ok(()) => 0,
                 Err(e) => {
                     log(&format!("init failed: {e}"));
@@ -39,6 +43,7 @@ pub fn launch(dir: &Path, spec: &LaunchSpec) -> io::Result<()> {
             std::process::exit(code);
         }
         ForkResult::Parent { child: init_pid } => {
+            drop(streams);
             drop(tx);
             drop(ack_rx);
             let result = relay(spec, rx, init_pid.as_raw() as u32);
@@ -84,12 +89,21 @@ fn relay(spec: &LaunchSpec, rx: OwnedFd, init_pid: u32) -> io::Result<()> {
 }
 
 /// Init side (pid 1 of the task's namespace).
-fn init(dir: &Path, spec: &LaunchSpec, tx: OwnedFd, ack: OwnedFd) -> io::Result<()> {
+fn init(
+    dir: &Path,
+    spec: &LaunchSpec,
+    tx: OwnedFd,
+    ack: OwnedFd,
+    streams: Option<super::journalrelay::Streams>,
+) -> io::Result<()> {
     detach_stdout()?;
     let host = serve::host_files(spec, dir)?;
     let sigfd = serve::sigchld_fd()?;
     let mut tx = std::fs::File::from(tx);
-    let spawned = match child::spawn(spec) {
+    let spawned = child::spawn(spec, streams.as_ref());
+    // The task holds its copies; the relay ends when the task's are closed.
+    drop(streams);
+    let spawned = match spawned {
         Ok(c) => c,
         Err(e) => {
             let msg = e.to_string().replace('\n', " ");

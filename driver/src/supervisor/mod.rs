@@ -10,8 +10,11 @@
 
 mod child;
 pub mod enter;
+pub mod images;
 mod init;
+mod journalrelay;
 pub mod kernelfs;
+mod loopdev;
 pub mod privileges;
 mod ptyrelay;
 pub mod record;
@@ -46,7 +49,7 @@ pub fn main(args: &[OsString]) -> i32 {
     }
 }
 
-fn log(msg: &str) {
+pub(crate) fn log(msg: &str) {
     // stderr is the supervisor.log file the plugin opened for us.
     eprintln!("{} [{}] {msg}", record::now_ms(), std::process::id());
 }
@@ -58,15 +61,21 @@ fn run(dir: &Path) -> io::Result<()> {
     let spec: LaunchSpec = record::read_json(dir, SPEC_FILE)?
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "launch spec missing"))?;
     ignore_terminal_signals();
+    let streams = match spec.journal.as_ref().map(journalrelay::start).transpose() {
+        Ok(s) => s,
+        Err(e) => return report_failure(&spec, &e),
+    };
     if spec.pid_ns {
-        return init::launch(dir, &spec);
+        return init::launch(dir, &spec, streams);
     }
     let host = serve::host_files(&spec, dir)?;
     let sigfd = serve::sigchld_fd()?;
-    let spawned = match child::spawn(&spec) {
+    let spawned = match child::spawn(&spec, streams.as_ref()) {
         Ok(spawned) => spawned,
         Err(e) => return report_failure(&spec, &e),
     };
+    // The task has its copies; the relay ends when the task's are closed.
+    drop(streams);
     let pid = spawned.child.id();
     let me = std::process::id();
     report(&StartReport::Started {

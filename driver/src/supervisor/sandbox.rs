@@ -28,8 +28,9 @@ pub(super) fn inside(root: &Path, target: &Path) -> PathBuf {
     root.join(target.strip_prefix("/").unwrap_or(target))
 }
 
-/// Enters the sandbox; on return the process sees only its own root.
-pub fn enter(sb: &Sandbox) -> io::Result<()> {
+/// Joins the group network namespace and unshares the mount (and ipc) namespaces, with mounts
+/// private; `enter` then builds the root. Separate, so images can be mounted in between.
+pub fn enter_namespaces(sb: &Sandbox) -> io::Result<()> {
     if let Some(ns) = &sb.netns {
         let f = File::open(ns)
             .map_err(|e| err(format!("opening network namespace {}", ns.display()), e))?;
@@ -48,7 +49,20 @@ pub fn enter(sb: &Sandbox) -> io::Result<()> {
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None::<&str>,
     )
-    .map_err(|e| err("making mounts private", e))?;
+    .map_err(|e| err("making mounts private", e))
+}
+
+/// Enters the sandbox in one go (namespaces, images, root); on return the process sees only its
+/// own root.
+pub fn enter(sb: &Sandbox) -> io::Result<()> {
+    enter_namespaces(sb)?;
+    super::images::stage(sb)?;
+    enter_root(sb)
+}
+
+/// Builds the task's root and enters it (after `enter_namespaces` and `images::stage`); on
+/// return the process sees only its own root.
+pub fn enter_root(sb: &Sandbox) -> io::Result<()> {
     let root = &sb.root;
     mount(
         Some("tmpfs"),
@@ -58,9 +72,11 @@ pub fn enter(sb: &Sandbox) -> io::Result<()> {
         Some("mode=0755,size=1m"),
     )
     .map_err(|e| err(format!("mounting the task root on {}", root.display()), e))?;
+    super::images::bind_root(sb, root)?;
     for b in &sb.mounts {
         bind(root, b)?;
     }
+    super::images::bind_mounts(sb, root)?;
     mount_proc(root)?;
     mount_dev(root)?;
     for d in &sb.devices {
@@ -87,7 +103,7 @@ pub fn enter(sb: &Sandbox) -> io::Result<()> {
     .map_err(|e| err("making the task root read-only", e))
 }
 
-fn bind(root: &Path, b: &Bind) -> io::Result<()> {
+pub(super) fn bind(root: &Path, b: &Bind) -> io::Result<()> {
     let target = inside(root, &b.target);
     let meta = fs::metadata(&b.source)
         .map_err(|e| err(format!("bind source {}", b.source.display()), e))?;

@@ -56,6 +56,29 @@ pub struct LaunchSpec {
     /// Seccomp filters installed last before exec; None runs unconfined.
     #[serde(default)]
     pub seccomp: Option<crate::seccomp::SeccompSpec>,
+    /// stdout and stderr go to systemd-journald instead of the log FIFOs.
+    #[serde(default)]
+    pub journal: Option<JournalSpec>,
+}
+
+/// Where and how the task's output goes to the journal (`logging { driver = "journald" }`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalSpec {
+    /// journald's native datagram socket.
+    pub socket: PathBuf,
+    /// `SYSLOG_IDENTIFIER`.
+    pub identifier: String,
+    /// Fields added to every entry (`NOMAD_ALLOC_ID`, …).
+    pub fields: Vec<(String, String)>,
+}
+
+/// A read-only filesystem image mounted through a loop device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageMount {
+    /// The image file on the host.
+    pub source: PathBuf,
+    /// Where it appears inside the task; `/` for the root image.
+    pub target: PathBuf,
 }
 
 /// The task's private filesystem view and namespaces.
@@ -74,6 +97,10 @@ pub struct Sandbox {
     pub netns: Option<PathBuf>,
     /// pivot_root (default) or chroot (`no_pivot_root`).
     pub pivot_root: bool,
+    /// Filesystem images (`root_image`, `mount_image`), root first. With a root image the
+    /// task's root holds the image's top-level entries instead of `chroot_env`.
+    #[serde(default)]
+    pub images: Vec<ImageMount>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

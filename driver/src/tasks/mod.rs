@@ -2,10 +2,13 @@
 //! Nomad's driver contract (plugins/drivers). Each task is owned by its own supervisor process;
 //! this table is only the plugin's view of them and can be rebuilt from `driver_state`.
 
+mod cgsetup;
 pub mod devcg;
+mod ephemeral;
 pub mod exec;
 pub mod launch;
 pub mod observe;
+mod pidswatch;
 mod seccomp;
 pub mod state;
 mod stop;
@@ -19,7 +22,7 @@ use std::time::Duration;
 use bpfexec_proto::drivers;
 use tokio::sync::watch as tokio_watch;
 
-use crate::cgroups::limits::{self, Limits};
+use crate::cgroups::limits;
 use crate::cgroups::{CgroupMode, TaskCgroups};
 use crate::config::plugin::PluginConfig;
 use crate::config::task::TaskConfig;
@@ -185,26 +188,45 @@ impl TaskManager {
             return Ok(existing.state.clone());
         }
         let task_cfg = TaskConfig::decode(&cfg.msgpack_driver_config)?;
-        let mut cgroups = ctx.cgroup_mode.and_then(|mode| {
-            let cpuset = cfg
-                .resources
-                .as_ref()?
-                .linux_resources
-                .as_ref()?
-                .cpuset_cgroup
-                .clone();
-            TaskCgroups::for_task(mode, &ctx.cgroup_root, &cpuset, &cfg.alloc_id, &cfg.name)
-        });
+        let ephemeral_id = ephemeral::for_task(ctx, &cfg, &task_cfg)?;
+        let started = self
+            .start_task(ctx, cfg.clone(), &task_cfg, ephemeral_id)
+            .await;
+        if started.is_err()
+            && let Some(id) = ephemeral_id
+        {
+            ephemeral::release(&ctx.plugin.state_dir, id, &cfg.id);
+        }
+        started
+    }
+
+    async fn start_task(
+        &self,
+        ctx: &StartContext,
+        cfg: drivers::TaskConfig,
+        task_cfg: &TaskConfig,
+        ephemeral_id: Option<u32>,
+    ) -> Result<DriverState, DriverError> {
+        let task_cfg = task_cfg.clone();
+        let override_join = cgsetup::override_join(ctx, &cfg, &task_cfg)?;
+        let mut cgroups = if override_join.is_none() {
+            cgsetup::task_cgroups(ctx, &cfg)
+        } else {
+            None
+        };
         let dir = task_state_dir(&ctx.plugin.state_dir, &cfg.id);
         let mut spec = plan::plan(&plan::PlanInput {
             nomad: &cfg,
             task: &task_cfg,
             plugin: &ctx.plugin,
             state_dir: &dir,
-            cgroup_join: cgroups
-                .as_ref()
-                .map(TaskCgroups::join_files)
-                .unwrap_or_default(),
+            cgroup_join: override_join.clone().unwrap_or_else(|| {
+                cgroups
+                    .as_ref()
+                    .map(TaskCgroups::join_files)
+                    .unwrap_or_default()
+            }),
+            ephemeral_id,
         })?;
         spec.self_track = self
             .observation
@@ -216,26 +238,27 @@ impl TaskManager {
             });
         if let Some(cg) = &cgroups {
             require_dirs(cg, &cfg.id)?;
-            limits::apply(cg, &Limits::from_resources(cfg.resources.as_ref())).map_err(|e| {
-                DriverError::Start {
-                    task: cfg.id.clone(),
-                    reason: format!("cannot apply resource limits: {e}"),
-                    recoverable: true,
-                }
-            })?;
         }
+        let memory =
+            cgsetup::apply_limits(&cfg, &task_cfg, cgroups.as_ref(), override_join.is_some())?;
         if let Some(sb) = &spec.sandbox {
             std::fs::create_dir_all(&sb.root)
                 .map_err(|e| DriverError::io(format!("creating {}", sb.root.display()), e))?;
         }
-        // Last before the launch: a failed launch removes it again.
+        // Last before the launch: a failed launch removes them again.
         if spec.sandbox.is_some() {
             devcg::restrict(cgroups.as_mut(), &ctx.cgroup_root, &cfg, &ctx.plugin)?;
-            if let Some(cg) = &cgroups {
-                spec.cgroup_join = cg.join_files();
-            }
+        }
+        if let Some(cg) = &mut cgroups {
+            cgsetup::own_cgroups(ctx, &cfg, &task_cfg, cg, memory).await?;
+            spec.cgroup_join = cg.join_files();
         }
         let oom_kills_before = cgroups.as_ref().and_then(limits::oom_kills).unwrap_or(0);
+        let pids_hits_before = cgroups
+            .as_ref()
+            .and_then(pidswatch::events_file)
+            .and_then(|f| pidswatch::hits(&f))
+            .unwrap_or(0);
         let launched = match launch::launch(&dir, &spec).await {
             Ok(l) => l,
             Err(e) => {
@@ -258,6 +281,9 @@ impl TaskManager {
             cgroups,
             signal_all_processes: task_cfg.signal_all_processes,
             oom_kills_before,
+            pids_max: task_cfg.limits.pids_max,
+            pids_hits_before,
+            ephemeral_id,
         };
         // The plugin is the first supervisor process's parent: reap it when it ends.
         let mut first_process = launched.launcher;
@@ -304,6 +330,12 @@ impl TaskManager {
             state.clone(),
             Arc::clone(&self.observation),
             tx,
+        );
+        pidswatch::spawn(
+            config.clone(),
+            &state,
+            Arc::clone(&self.observation),
+            rx.clone(),
         );
         let task = Arc::new(Task {
             config,
@@ -440,6 +472,11 @@ impl TaskManager {
         }
         self.table().remove(id);
         self.observation.forget(id);
+        if let Some(uid) = task.state.ephemeral_id
+            && let Some(state_dir) = task.state.dir.parent().and_then(std::path::Path::parent)
+        {
+            ephemeral::release(state_dir, uid, id);
+        }
         if let Some(cg) = &task.state.cgroups {
             devcg::remove_owned(id, cg).await;
         }

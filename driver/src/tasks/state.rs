@@ -29,6 +29,15 @@ pub struct DriverState {
     /// The task cgroup's OOM-kill counter before the task started.
     #[serde(default)]
     pub oom_kills_before: u64,
+    /// The task's `pids_max`, watched for hits (`pids.events`) while it runs.
+    #[serde(default)]
+    pub pids_max: Option<u64>,
+    /// `pids.events` `max` before the task started.
+    #[serde(default)]
+    pub pids_hits_before: u64,
+    /// The ephemeral uid (= gid) the task runs as, released when it is destroyed.
+    #[serde(default)]
+    pub ephemeral_id: Option<u32>,
 }
 
 impl DriverState {
@@ -107,6 +116,9 @@ mod tests {
             cgroups: None,
             signal_all_processes: false,
             oom_kills_before: 0,
+            pids_max: None,
+            pids_hits_before: 0,
+            ephemeral_id: None,
         }
     }
 

@@ -26,23 +26,7 @@ pub fn ensure() -> Result<Item> {
         );
     }
     let before = prometheus_pids();
-    let apt = || {
-        let mut cmd = Command::new("apt-get");
-        cmd.env("DEBIAN_FRONTEND", "noninteractive");
-        cmd
-    };
-    util::run(apt().args(["-q", "update"]))?;
-    util::run(apt().args([
-        "-q",
-        "-y",
-        "--no-install-recommends",
-        "-o",
-        "Dpkg::Options::=--force-confdef",
-        "-o",
-        "Dpkg::Options::=--force-confold",
-        "install",
-        "prometheus",
-    ]))?;
+    util::apt_install(&["prometheus"])?;
     for pid in prometheus_pids().difference(&before) {
         println!("[setup] stopping prometheus pid {pid}, started by the package install");
         stop(*pid)?;

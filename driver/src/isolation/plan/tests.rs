@@ -22,16 +22,7 @@ fn nomad(alloc_dir: &Path) -> drivers::TaskConfig {
 fn task(command: &str) -> TaskConfig {
     TaskConfig {
         command: command.into(),
-        args: vec![],
-        pid_mode: None,
-        ipc_mode: None,
-        cap_add: vec![],
-        cap_drop: vec![],
-        work_dir: None,
-        isolation: Isolation::Full,
-        signal_all_processes: false,
-        oom_score_adj: None,
-        seccomp: None,
+        ..TaskConfig::default()
     }
 }
 
@@ -54,6 +45,7 @@ fn run(
         plugin: p,
         state_dir: Path::new("/run/bpfexec/tasks/x"),
         cgroup_join: vec![],
+        ephemeral_id: None,
     })
 }
 
@@ -278,4 +270,137 @@ fn devices_are_bound_after_dev_and_task_dirs_are_nodev() {
         .expect_err("a missing host device is refused")
         .to_string();
     assert!(err.contains("bpfexec-no-such-device"), "{err}");
+}
+
+#[test]
+fn commands_follow_execs_search_order_and_artifacts_become_executable() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let a = alloc();
+    let local_sh = a.path().join("web/local/sh");
+    std::fs::write(&local_sh, "#!/bin/sh\necho local\n").expect("write");
+    std::fs::set_permissions(&local_sh, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    // local/ first: a bare name, and a path relative to the task directory.
+    for cmd in ["sh", "local/sh"] {
+        let spec = run(&nomad(a.path()), &task(cmd), &PluginConfig::default()).expect(cmd);
+        assert_eq!(spec.program, PathBuf::from("/local/sh"), "{cmd}");
+    }
+    let mode = std::fs::metadata(&local_sh)
+        .expect("meta")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o555, 0o555, "the artifact was made executable");
+    // Not in local/: the fixed directories.
+    let spec = run(&nomad(a.path()), &task("env"), &PluginConfig::default()).expect("env");
+    assert!(
+        ["/usr/local/bin/env", "/usr/bin/env", "/bin/env"]
+            .contains(&spec.program.to_string_lossy().as_ref()),
+        "{}",
+        spec.program.display()
+    );
+    let err = run(
+        &nomad(a.path()),
+        &task("no-such-command-bpfexec"),
+        &PluginConfig::default(),
+    )
+    .expect_err("missing")
+    .to_string();
+    assert!(err.contains("local/, its root, /usr/local/bin"), "{err}");
+}
+
+#[test]
+fn non_executable_files_outside_the_allocation_are_refused() {
+    let a = alloc();
+    let err = run(
+        &nomad(a.path()),
+        &task("/etc/passwd"),
+        &PluginConfig::default(),
+    )
+    .expect_err("not executable")
+    .to_string();
+    assert!(err.contains("not an executable file"), "{err}");
+}
+
+#[test]
+fn journald_logging_needs_the_socket() {
+    let a = alloc();
+    let mut t = task("/bin/sh");
+    t.logging = crate::config::logging::LogDriver::Journald;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("socket");
+    let p = PluginConfig {
+        journald_socket: socket.clone(),
+        ..PluginConfig::default()
+    };
+    let err = run(&nomad(a.path()), &t, &p)
+        .expect_err("no socket")
+        .to_string();
+    assert!(err.contains("no journald socket"), "{err}");
+    let _server = std::os::unix::net::UnixDatagram::bind(&socket).expect("bind");
+    let mut n = nomad(a.path());
+    n.job_name = "j".into();
+    let spec = run(&n, &t, &p).expect("plan");
+    let journal = spec.journal.expect("journal");
+    assert_eq!(journal.socket, socket);
+    assert_eq!(journal.identifier, "web");
+    assert!(
+        journal
+            .fields
+            .contains(&("NOMAD_JOB_NAME".into(), "j".into()))
+    );
+}
+
+#[test]
+fn group_and_ephemeral_identities() {
+    let a = alloc();
+    let mut t = task("/bin/sh");
+    t.group = Some("65534".into());
+    let spec = run(&nomad(a.path()), &t, &PluginConfig::default()).expect("group");
+    assert_eq!(spec.identity.expect("identity").gid, 65534);
+    let spec = plan(&PlanInput {
+        nomad: &nomad(a.path()),
+        task: &task("/bin/sh"),
+        plugin: &PluginConfig::default(),
+        state_dir: Path::new("/run/bpfexec/tasks/x"),
+        cgroup_join: vec![],
+        ephemeral_id: Some(3_900_000_001),
+    })
+    .expect("ephemeral");
+    assert_eq!(
+        spec.caps.as_deref(),
+        Some(&[][..]),
+        "ephemeral users get no capabilities"
+    );
+    let id = spec.identity.expect("identity");
+    assert_eq!((id.uid, id.gid), (3_900_000_001, 3_900_000_001));
+    assert!(id.groups.is_empty());
+}
+
+#[test]
+fn images_need_isolation_and_a_root_image_replaces_chroot_env() {
+    let a = alloc();
+    std::fs::write(a.path().join("web/local/root.sqfs"), b"hsqs....").expect("write");
+    let mut t = task("/bin/busybox");
+    t.images.root = Some("local/root.sqfs".into());
+    let spec = run(&nomad(a.path()), &t, &PluginConfig::default()).expect("root image");
+    let sb = spec.sandbox.expect("sandbox");
+    assert_eq!(sb.images.len(), 1);
+    assert_eq!(sb.images[0].target, PathBuf::from("/"));
+    assert!(!sb.mounts.iter().any(|b| b.target == Path::new("/usr")));
+    assert!(sb.mounts.iter().any(|b| b.target == Path::new("/local")));
+    // Inside the image the plugin cannot look: an absolute command is taken as it is, a bare
+    // name is refused.
+    assert_eq!(spec.program, PathBuf::from("/bin/busybox"));
+    t.command = "busybox".into();
+    let err = run(&nomad(a.path()), &t, &PluginConfig::default())
+        .expect_err("bare")
+        .to_string();
+    assert!(err.contains("absolute path inside the image"), "{err}");
+    t.command = "/bin/sh".into();
+    t.isolation = Isolation::None;
+    let p = PluginConfig {
+        allow_unisolated: true,
+        ..PluginConfig::default()
+    };
+    let err = run(&nomad(a.path()), &t, &p).expect_err("raw").to_string();
+    assert!(err.contains("not available with isolation"), "{err}");
 }
