@@ -118,6 +118,12 @@ client {{
   options = {{
     "fingerprint.denylist" = "env_aws,env_gce,env_azure,env_digitalocean"
   }}
+
+  # Nomad garbage-collects a finished allocation at once when the host's disk is over 80% full
+  # (its default), after which its logs are gone before a check reads them; a busy build
+  # machine often is. Keep allocations until the harness asks for a GC.
+  gc_disk_usage_threshold  = 99
+  gc_inode_usage_threshold = 99
 }}
 "#,
         name = hcl_string(&layout.name),

@@ -66,25 +66,31 @@ impl Journald {
 
     /// The entries matching `field=value` (`journalctl -o json`), oldest first.
     pub fn entries(&self, field: &str, value: &str) -> Result<Vec<Value>> {
-        let out = Command::new("journalctl")
-            .arg(format!("--namespace={}", self.namespace))
-            .args(["--no-pager", "-o", "json"])
-            .arg(format!("{field}={value}"))
-            .output()
-            .context("running journalctl")?;
-        if !out.status.success() {
-            bail!(
-                "journalctl failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).with_context(|| format!("journalctl printed {l:?}")))
-            .collect()
+        entries(&self.namespace, field, value)
     }
+}
+
+/// The entries of journal `namespace` matching `field=value` (`journalctl -o json`), oldest
+/// first.
+pub fn entries(namespace: &str, field: &str, value: &str) -> Result<Vec<Value>> {
+    let out = Command::new("journalctl")
+        .arg(format!("--namespace={namespace}"))
+        .args(["--no-pager", "-o", "json"])
+        .arg(format!("{field}={value}"))
+        .output()
+        .context("running journalctl")?;
+    if !out.status.success() {
+        bail!(
+            "journalctl failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).with_context(|| format!("journalctl printed {l:?}")))
+        .collect()
 }
 
 impl Drop for Journald {

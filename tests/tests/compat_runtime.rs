@@ -27,11 +27,14 @@ use nix::sys::signal::Signal;
 /// The uids the plugin hands out as ephemeral users in these checks.
 const EPHEMERAL: (u32, u32) = (3_999_000, 3_999_009);
 
-/// Shared between the checks of this file (one agent).
+/// Shared between the checks of this file (one agent); the server and journald themselves are
+/// owned by the test function, so they are stopped however it ends.
 struct Fixture {
-    server: FileServer,
+    /// `http://127.0.0.1:<port>/` of the artifact server.
+    server: String,
     volume: PathBuf,
-    journald: Journald,
+    /// The journal namespace of the test's journald.
+    journal: String,
 }
 
 static FIXTURE: OnceLock<Fixture> = OnceLock::new();
@@ -51,9 +54,10 @@ fn compat_runtime() {
     if !bpfexec_e2e::env::require_root("compat_runtime") {
         return;
     }
-    let base = std::env::temp_dir().join(format!("bpfexec-e2e-compat-{}", std::process::id()));
-    let files = base.join("files");
-    let volume = base.join("volume");
+    let base =
+        TempBase(std::env::temp_dir().join(format!("bpfexec-e2e-compat-{}", std::process::id())));
+    let files = base.0.join("files");
+    let volume = base.0.join("volume");
     for d in [&files, &volume] {
         std::fs::create_dir_all(d).expect("creating the test dirs");
     }
@@ -81,9 +85,9 @@ fn compat_runtime() {
             bpfexec_e2e::config::hcl_string(&volume.to_string_lossy())
         ));
     let _ = FIXTURE.set(Fixture {
-        server,
+        server: server.url(""),
         volume,
-        journald,
+        journal: journald.namespace().to_owned(),
     });
     run_checks(
         "compat_runtime",
@@ -115,7 +119,16 @@ fn compat_runtime() {
             },
         ],
     );
-    let _ = std::fs::remove_dir_all(&base);
+    drop((server, journald, base));
+}
+
+/// The checks' files, removed however the test ends.
+struct TempBase(PathBuf);
+
+impl Drop for TempBase {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// The files the server hands out: scripts without the execute bit, a data file, and two
@@ -169,8 +182,8 @@ fn squash(src: &Path, image: &Path) -> Result<()> {
 /// An `artifact` block fetching `name` from the test's server into `local/<name>`.
 fn artifact(name: &str) -> Result<String> {
     Ok(format!(
-        "    artifact {{\n      source = \"{}\"\n      destination = \"local/{name}\"\n      mode = \"file\"\n    }}\n",
-        fixture()?.server.url(name)
+        "    artifact {{\n      source = \"{}{name}\"\n      destination = \"local/{name}\"\n      mode = \"file\"\n    }}\n",
+        fixture()?.server
     ))
 }
 
@@ -290,10 +303,10 @@ fn journald_logging(agent: &mut Agent) -> Result<()> {
         .kill_signal("SIGKILL");
     let api = agent.api();
     let (job_id, alloc, _pid) = suite::start_service(agent, &job.to_hcl())?;
-    let journald = &fixture()?.journald;
+    let journal = &fixture()?.journal;
     // The unterminated last line is sent when the stream ends (as journald does with a stream).
     let lines = poll_until("the task's lines in the journal", TIMEOUT, POLL, |last| {
-        let e = journald.entries("NOMAD_ALLOC_ID", &alloc)?;
+        let e = bpfexec_e2e::journald::entries(journal, "NOMAD_ALLOC_ID", &alloc)?;
         *last = format!("{e:?}");
         Ok((e.len() >= 2).then_some(e.len()))
     })?;
@@ -333,7 +346,7 @@ fn journald_logging(agent: &mut Agent) -> Result<()> {
     )?;
     // Every line, the unterminated last one too (sent when the stream ended), with the task's
     // identity.
-    let entries = journald.entries("NOMAD_ALLOC_ID", &alloc)?;
+    let entries = bpfexec_e2e::journald::entries(journal, "NOMAD_ALLOC_ID", &alloc)?;
     let by_message: BTreeMap<String, &serde_json::Value> = entries
         .iter()
         .filter_map(|e| Some((e["MESSAGE"].as_str()?.to_owned(), e)))
