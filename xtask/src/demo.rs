@@ -76,16 +76,25 @@ pub fn run(args: &[String]) -> Result<()> {
     result
 }
 
-/// `NOMAD_BIN` and `DRIVER_BIN` for the e2e harness (it reads them from the environment).
+/// The tool paths the e2e harness reads from the environment (`NOMAD_BIN`, `DRIVER_BIN`, and
+/// for its telemetry peers `JAEGER_BIN`, `PROMETHEUS_BIN`, `PROMTOOL_BIN`).
 pub fn harness_env(profile: Profile) -> Result<Vec<(&'static str, String)>> {
     let env = ToolEnv::resolve(profile)?;
     if !env.nomad_installed {
         bail!("Nomad is not installed: run `cargo xtask setup`");
     }
-    Ok(vec![
-        ("NOMAD_BIN", env.nomad_bin.display().to_string()),
-        ("DRIVER_BIN", env.driver_bin.display().to_string()),
-    ])
+    let keep = [
+        "NOMAD_BIN",
+        "DRIVER_BIN",
+        "JAEGER_BIN",
+        "PROMETHEUS_BIN",
+        "PROMTOOL_BIN",
+    ];
+    Ok(env
+        .vars()
+        .into_iter()
+        .filter(|(key, _)| keep.contains(key))
+        .collect())
 }
 
 fn inner(opts: &Options) -> Result<()> {

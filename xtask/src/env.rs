@@ -1,5 +1,5 @@
 //! `cargo xtask env`: the paths scripts and the e2e suite use (`NOMAD_BIN`, `DRIVER_BIN`,
-//! `PLUGIN_DIR`, ...), one `KEY=value` line each, shell-quoted so `eval "$(cargo xtask env)"`
+//! `PLUGIN_DIR`, `JAEGER_BIN`, `PROMETHEUS_BIN`, `PROMTOOL_BIN`, ...), one `KEY=value` line each, shell-quoted so `eval "$(cargo xtask env)"`
 //! works (`--export` prefixes `export `).
 
 use std::path::PathBuf;
@@ -19,6 +19,8 @@ pub struct ToolEnv {
     pub driver_bin: PathBuf,
     pub plugin_dir: PathBuf,
     pub bpf_linker: PathBuf,
+    pub jaeger_bin: PathBuf,
+    pub jaeger_installed: bool,
     pub prometheus: Option<PathBuf>,
     pub promtool: Option<PathBuf>,
 }
@@ -30,7 +32,10 @@ impl ToolEnv {
         let nomad_installed = installed.is_some();
         let (release, nomad_bin) =
             installed.unwrap_or_else(|| (NOMAD_PRIMARY, tools::nomad_bin(&cache, NOMAD_PRIMARY)));
+        let jaeger = setup::installed_jaeger(&cache);
         Ok(Self {
+            jaeger_installed: jaeger.is_some(),
+            jaeger_bin: jaeger.unwrap_or_else(|| tools::jaeger_bin(&cache)),
             nomad_version: release.version,
             nomad_bin,
             nomad_installed,
@@ -53,6 +58,7 @@ impl ToolEnv {
             ("PLUGIN_DIR", show(&self.plugin_dir)),
             ("BPF_LINKER", show(&self.bpf_linker)),
             ("BPFEXEC_CACHE", show(&self.cache)),
+            ("JAEGER_BIN", show(&self.jaeger_bin)),
         ];
         if let Some(p) = &self.prometheus {
             vars.push(("PROMETHEUS_BIN", show(p)));
@@ -71,6 +77,22 @@ impl ToolEnv {
                 "NOMAD_BIN {} is not built yet: run `cargo xtask setup`",
                 self.nomad_bin.display()
             ));
+        }
+        if !self.jaeger_installed {
+            missing.push(format!(
+                "JAEGER_BIN {} is not built yet: run `cargo xtask setup`",
+                self.jaeger_bin.display()
+            ));
+        }
+        for (key, found) in [
+            ("PROMETHEUS_BIN", &self.prometheus),
+            ("PROMTOOL_BIN", &self.promtool),
+        ] {
+            if found.is_none() {
+                missing.push(format!(
+                    "{key}: not on PATH: run `cargo xtask setup` (apt-get install prometheus)"
+                ));
+            }
         }
         if !self.bpf_linker.exists() {
             missing.push(format!(

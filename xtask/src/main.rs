@@ -21,9 +21,11 @@ const USAGE: &str = "\
 usage: cargo xtask <command> [options]
 
 commands:
-  setup                      install what is missing (nightly + rust-src, bpf-linker, Nomad,
-                             Prometheus) into ${BPFEXEC_CACHE:-$HOME/.cache/bpfexec}; idempotent
-  env [--export] [--release] print NOMAD_BIN, NOMAD_VERSION, DRIVER_BIN, PLUGIN_DIR, BPF_LINKER, ...
+  setup                      install what is missing (nightly + rust-src, bpf-linker, Nomad, Jaeger,
+                             Prometheus + promtool) into ${BPFEXEC_CACHE:-$HOME/.cache/bpfexec};
+                             idempotent
+  env [--export] [--release] print NOMAD_BIN, NOMAD_VERSION, DRIVER_BIN, PLUGIN_DIR, BPF_LINKER,
+                             JAEGER_BIN, PROMETHEUS_BIN, PROMTOOL_BIN, ...
   build [--release]          build nomad-driver-bpfexec (bpf-linker on PATH) and refresh PLUGIN_DIR
   test [--e2e-only|--no-e2e] [-- <test args>]
                              setup, fmt, clippy, unit + privileged tests, build, e2e suite

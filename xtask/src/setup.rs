@@ -1,13 +1,17 @@
 //! `cargo xtask setup`: idempotently installs what the build and tests need into the per-version
-//! cache (nightly + rust-src, bpf-linker, a Nomad agent built from the Go module proxy),
-//! Prometheus and the test peers of the compatibility checks (journald, mksquashfs, busybox)
-//! from Debian. Every install goes to a temp dir first and is renamed into place.
+//! cache (nightly + rust-src, bpf-linker, a Nomad agent and Jaeger built from the Go module
+//! proxy), Prometheus with promtool and the test peers of the compatibility checks (journald,
+//! mksquashfs, busybox) from Debian. Every install goes to a temp dir first and is renamed into
+//! place.
 
 mod debian;
+mod go;
+mod jaeger;
 mod nomad;
 mod prometheus;
 mod rust;
 
+pub use jaeger::installed as installed_jaeger;
 pub use nomad::installed as installed_nomad;
 
 use std::path::{Path, PathBuf};
@@ -65,6 +69,7 @@ pub fn ensure_all() -> Result<()> {
         step(rust::ensure_nightly())?,
         step(rust::ensure_bpf_linker(&cache))?,
         step(nomad::ensure(&cache))?,
+        step(jaeger::ensure(&cache))?,
         step(prometheus::ensure())?,
         step(debian::ensure())?,
     ];

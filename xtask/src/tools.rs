@@ -29,6 +29,11 @@ pub const NOMAD_FALLBACK: NomadRelease = NomadRelease {
     api_pseudo_version: "v0.0.0-20250311090715-f8695974efdb",
 };
 
+/// Jaeger release (the v2 all-in-one binary of that tag) built by setup as the real OTLP peer.
+pub const JAEGER_VERSION: &str = "1.76.0";
+/// Its Go module.
+pub const JAEGER_MODULE: &str = "github.com/jaegertracing/jaeger";
+
 /// Name of the driver binary, also its required file name inside Nomad's `plugin_dir`.
 pub const DRIVER_BIN_NAME: &str = "nomad-driver-bpfexec";
 
@@ -93,6 +98,15 @@ pub fn nomad_dir(cache: &Path, release: NomadRelease) -> PathBuf {
 
 pub fn nomad_bin(cache: &Path, release: NomadRelease) -> PathBuf {
     nomad_dir(cache, release).join("nomad")
+}
+
+/// `$CACHE/jaeger-<v>`.
+pub fn jaeger_dir(cache: &Path) -> PathBuf {
+    cache.join(format!("jaeger-{JAEGER_VERSION}"))
+}
+
+pub fn jaeger_bin(cache: &Path) -> PathBuf {
+    jaeger_dir(cache).join("jaeger")
 }
 
 /// Prefix of temporary directories in the cache; the suffix is the owning pid.

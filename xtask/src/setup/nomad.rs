@@ -3,10 +3,11 @@
 //! `replace ./api` expects it, build with cgo, check `nomad version`, move into the cache.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+use super::go::{self, download, go_command};
 use super::{Item, TmpDir, publish};
 use crate::tools::{self, NOMAD_FALLBACK, NOMAD_PRIMARY, NomadRelease};
 use crate::util;
@@ -33,16 +34,13 @@ pub fn ensure(cache: &Path) -> Result<Item> {
         }
         return Ok(Item::found(name(release), bin.display().to_string()));
     }
-    for tool in ["go", "gcc"] {
-        if util::which(tool).is_none() {
-            bail!("`{tool}` is not on PATH: building Nomad needs Go (1.24+) and gcc (cgo)");
-        }
-    }
-    let go = util::output(Command::new("go").arg("version"))?;
+    let go = go::require(
+        &["go", "gcc"],
+        "building Nomad needs Go (1.24+) and gcc (cgo)",
+    )?;
     println!(
-        "[setup] building Nomad {} from the Go module proxy with {} (takes a few minutes)",
+        "[setup] building Nomad {} from the Go module proxy with {go} (takes a few minutes)",
         NOMAD_PRIMARY.version,
-        go.trim()
     );
     let release = match build(cache, NOMAD_PRIMARY) {
         Ok(()) => NOMAD_PRIMARY,
@@ -134,43 +132,4 @@ fn build(cache: &Path, release: NomadRelease) -> Result<()> {
     )?;
     verify(&bin, release)?;
     publish(&out_dir, &tools::nomad_dir(cache, release))
-}
-
-fn go_command() -> Command {
-    let mut cmd = Command::new("go");
-    cmd.env("GOTOOLCHAIN", "local").env("GOFLAGS", "-mod=mod");
-    cmd
-}
-
-/// `go mod download -json module@version` → the module's extracted dir. The JSON carries the
-/// proxy's error (e.g. "unknown revision") when the download fails.
-fn download(cwd: &Path, module: &str, version: &str) -> Result<PathBuf> {
-    let mut cmd = go_command();
-    cmd.current_dir(cwd)
-        .args(["mod", "download", "-json", &format!("{module}@{version}")])
-        .stdin(Stdio::null());
-    println!("    $ {}", util::describe(&cmd));
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run `{}`", util::describe(&cmd)))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let json: Option<serde_json::Value> = serde_json::from_str(&stdout).ok();
-    let field = |key: &str| {
-        json.as_ref()
-            .and_then(|j| j.get(key))
-            .and_then(serde_json::Value::as_str)
-            .map(str::to_owned)
-    };
-    if let Some(error) = field("Error") {
-        bail!("go mod download {module}@{version}: {error}");
-    }
-    if !out.status.success() {
-        bail!(
-            "go mod download {module}@{version} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let dir = field("Dir").context("`go mod download -json` printed no Dir")?;
-    Ok(PathBuf::from(dir))
 }

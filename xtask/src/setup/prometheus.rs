@@ -39,14 +39,18 @@ pub fn ensure() -> Result<Item> {
     }
 }
 
+/// Both binaries on PATH and answering `--version` (promtool checks the dashboards' rules and
+/// the e2e suite's Prometheus config).
 fn found() -> Option<String> {
     let prometheus = util::which("prometheus")?;
-    util::which("promtool")?;
+    let promtool = util::which("promtool")?;
     let version = util::probe(Command::new(&prometheus).arg("--version"))?;
+    util::probe(Command::new(&promtool).arg("--version"))?;
     Some(format!(
-        "{} ({}), promtool",
+        "{} ({}), {}",
         prometheus.display(),
-        util::first_line(&version)
+        util::first_line(&version),
+        promtool.display()
     ))
 }
 
