@@ -102,9 +102,11 @@ server {{
 
 # Nomad 1.10 asks drivers for TaskStats (the per-task and per-pid usage behind
 # `nomad alloc status -stats` and /v1/client/allocation/<id>/stats) only when allocation
-# metrics are published.
+# metrics are published. prometheus_metrics serves them (and all of Nomad's metrics) at
+# /v1/metrics?format=prometheus, which the suite's real Prometheus scrapes.
 telemetry {{
   publish_allocation_metrics = true
+  prometheus_metrics         = true
   collection_interval        = "1s"
 }}
 
@@ -181,6 +183,7 @@ mod tests {
         assert!(with.contains("plugin \"nomad-driver-bpfexec\""));
         assert!(with.contains("state_dir = \"/s\""));
         assert!(with.contains("x = 1"));
+        assert!(with.contains("prometheus_metrics         = true"));
         let without = render(&layout, false, "", "plugin \"raw_exec\" {}");
         assert!(!without.contains("nomad-driver-bpfexec"));
         assert!(without.contains("raw_exec"));

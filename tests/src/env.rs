@@ -1,5 +1,6 @@
-//! The suite's preconditions: the binaries it runs (`NOMAD_BIN`, `DRIVER_BIN`, both set by
-//! `cargo xtask test`), root, and free loopback ports.
+//! The suite's preconditions: the binaries it runs (`NOMAD_BIN`, `DRIVER_BIN`, and for the
+//! telemetry peers `PROMETHEUS_BIN`, `PROMTOOL_BIN`, `JAEGER_BIN`, all set by `cargo xtask test`),
+//! root, and free loopback ports.
 
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
@@ -11,6 +12,12 @@ use anyhow::{Context, Result, bail};
 pub const NOMAD_BIN: &str = "NOMAD_BIN";
 /// Environment variable naming the `nomad-driver-bpfexec` binary under test.
 pub const DRIVER_BIN: &str = "DRIVER_BIN";
+/// Environment variable naming Debian's Prometheus binary (the real scrape peer).
+pub const PROMETHEUS_BIN: &str = "PROMETHEUS_BIN";
+/// Environment variable naming `promtool` (from the same Debian package).
+pub const PROMTOOL_BIN: &str = "PROMTOOL_BIN";
+/// Environment variable naming the Jaeger binary `cargo xtask setup` builds (the real OTLP peer).
+pub const JAEGER_BIN: &str = "JAEGER_BIN";
 /// Set to `1` to keep each agent's temp dir (data dir, logs) after the test, for debugging.
 pub const KEEP_ENV: &str = "BPFEXEC_E2E_KEEP";
 
@@ -24,11 +31,30 @@ pub fn driver_bin() -> Result<PathBuf> {
     executable_from_env(DRIVER_BIN, "the nomad-driver-bpfexec binary")
 }
 
+/// Debian's Prometheus from `PROMETHEUS_BIN`.
+pub fn prometheus_bin() -> Result<PathBuf> {
+    executable_from_env(PROMETHEUS_BIN, "Debian's prometheus binary")
+}
+
+/// Debian's promtool from `PROMTOOL_BIN`.
+pub fn promtool_bin() -> Result<PathBuf> {
+    executable_from_env(PROMTOOL_BIN, "Debian's promtool binary")
+}
+
+/// The Jaeger binary from `JAEGER_BIN`.
+pub fn jaeger_bin() -> Result<PathBuf> {
+    executable_from_env(
+        JAEGER_BIN,
+        "the Jaeger v1.76.0 binary built by `cargo xtask setup`",
+    )
+}
+
 fn executable_from_env(var: &str, what: &str) -> Result<PathBuf> {
     let Some(value) = std::env::var_os(var).filter(|v| !v.is_empty()) else {
         bail!(
             "{var} is not set: it must name {what}. Run the end-to-end suite with `cargo xtask test` \
-             (it builds the driver, installs Nomad and sets NOMAD_BIN and DRIVER_BIN)"
+             (it builds the driver, installs Nomad, Prometheus and Jaeger and sets NOMAD_BIN, DRIVER_BIN, \
+             PROMETHEUS_BIN, PROMTOOL_BIN and JAEGER_BIN), or set it from `cargo xtask env`"
         );
     };
     let path = PathBuf::from(value);

@@ -39,6 +39,7 @@ pub mod jobspec;
 pub mod journald;
 pub mod mixin;
 pub mod observe;
+pub mod peers;
 pub mod procs;
 pub mod suite;
 pub mod wait;
