@@ -154,6 +154,7 @@ impl Agent {
         let child = Command::new(&self.nomad)
             .arg("agent")
             .arg(format!("-config={}", self.config_path.display()))
+            .envs(self.opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))

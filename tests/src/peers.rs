@@ -18,5 +18,5 @@ mod yaml;
 
 pub use http::ApiError;
 pub use jaeger::{Jaeger, JaegerOptions, Span, SpanNode, TagValue, Trace};
-pub use process::is_loopback;
+pub use process::{PeerProcess, is_loopback};
 pub use prometheus::{Prometheus, PrometheusConfig, QueryResult, Sample, ScrapeJob, promtool};

@@ -54,7 +54,7 @@ fn prometheus_scrapes_nomad(agent: &mut Agent) -> Result<()> {
     )?;
     let checked = prometheus::check_config(prom.config_path())?;
     println!("promtool: {}", checked.trim());
-    let listeners = prom.ensure_loopback_only()?;
+    let listeners = prom.process().ensure_loopback_only()?;
     ensure!(
         listeners.contains(&format!("127.0.0.1:{}", prom.port())),
         "Prometheus does not listen on its port: {listeners:?}"
@@ -272,7 +272,7 @@ fn export_over_http(endpoint: &str, service: &str) -> Result<String> {
 #[test]
 fn jaeger_receives_otlp_spans() -> Result<()> {
     let jaeger = Jaeger::start(&JaegerOptions::default())?;
-    let listeners = jaeger.ensure_loopback_only()?;
+    let listeners = jaeger.process().ensure_loopback_only()?;
     let ports = jaeger.ports();
     for port in [
         ports.otlp_grpc,

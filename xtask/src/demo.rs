@@ -1,7 +1,8 @@
 //! `cargo xtask demo [--once] [--release]`: setup, driver build, then a real Nomad agent on
 //! loopback with the bpfexec plugin (raw mode allowed) that runs every `examples/*.nomad.hcl`
 //! and prints what happened (allocation status, task events, exit codes, logs, the node's
-//! `driver.bpfexec.*` fingerprint). Without `--once` the agent stays up until Ctrl-C; with
+//! `driver.bpfexec.*` fingerprint), with a real Prometheus and Jaeger watching the agent and the
+//! driver (`demo/telemetry.rs`). Without `--once` the agent stays up until Ctrl-C; with
 //! `--once` everything is torn down and the exit status says whether every example ended as
 //! its `# expect:` header says.
 
@@ -9,6 +10,7 @@ mod detach;
 mod examples;
 mod report;
 mod show;
+mod telemetry;
 
 pub use detach::{
     INNER_FLAG, check as check_interrupted, install as install_signal_handling, interrupted,
@@ -100,13 +102,17 @@ pub fn harness_env(profile: Profile) -> Result<Vec<(&'static str, String)>> {
 fn inner(opts: &Options) -> Result<()> {
     let examples = examples::load_all(&tools::repo_root().join("examples"))?;
     let t0 = Instant::now();
-    let mut agent =
-        Agent::start_ready(AgentOptions::bpfexec().plugin_config("allow_unisolated = true"))?;
+    let mut peers = telemetry::Peers::start_jaeger()?;
+    let mut agent = Agent::start_ready(
+        peers.agent_options(AgentOptions::bpfexec().plugin_config("allow_unisolated = true")),
+    )?;
+    peers.start_prometheus(agent.addr());
     println!(
-        "\nNomad agent ready in {} — API and UI at {}/ui/ (data in {})\n",
+        "\nNomad agent ready in {} — API and UI at {}/ui/ (data in {})\n{}",
         util::fmt_duration(t0.elapsed()),
         agent.addr(),
-        agent.root().display()
+        agent.root().display(),
+        peers.urls()
     );
     print!("{}", report::node(&agent.node()?));
     let mut verdicts = Vec::new();
@@ -124,15 +130,17 @@ fn inner(opts: &Options) -> Result<()> {
         verdicts.push(show::run(agent.api(), ex));
     }
     summary(&verdicts, examples.len());
+    print!("\n==> what the telemetry peers saw\n{}", peers.summary());
     if !opts.once && !interrupted() {
-        wait_for_ctrl_c(&mut agent);
+        wait_for_ctrl_c(&mut agent, &peers);
     }
     println!("\n==> stopping every job and the agent");
     if let Err(e) = agent.api().stop_all_jobs(Duration::from_secs(30)) {
         println!("    (stopping jobs: {e:#})");
     }
     drop(agent);
-    println!("    done: agent stopped, its temp dir removed");
+    drop(peers);
+    println!("    done: agent, Prometheus and Jaeger stopped, their temp dirs removed");
     let failed = verdicts.iter().filter(|v| !v.ok()).count();
     if failed > 0 || verdicts.len() < examples.len() {
         bail!(
@@ -155,12 +163,13 @@ fn summary(verdicts: &[show::Verdict], total: usize) {
     }
 }
 
-fn wait_for_ctrl_c(agent: &mut Agent) {
+fn wait_for_ctrl_c(agent: &mut Agent, peers: &telemetry::Peers) {
     let nomad = std::env::var("NOMAD_BIN").unwrap_or_else(|_| "nomad".into());
     println!(
-        "\n==> the agent keeps running; talk to it with:\n    export NOMAD_ADDR={addr}\n    {nomad} job status\n    {nomad} alloc status <alloc-id>\n    {nomad} job run examples/01-hello.nomad.hcl\n    UI: {addr}/ui/\n    agent log: {log}\n\n    Press Ctrl-C to stop the jobs and the agent.",
+        "\n==> the agent keeps running; talk to it with:\n    export NOMAD_ADDR={addr}\n    {nomad} job status\n    {nomad} alloc status <alloc-id>\n    {nomad} job run examples/01-hello.nomad.hcl\n    UI: {addr}/ui/\n    agent log: {log}\n{urls}\n    Press Ctrl-C to stop the jobs, the agent, Prometheus and Jaeger.",
         addr = agent.addr(),
         log = agent.log_path().display(),
+        urls = peers.urls(),
     );
     while !interrupted() {
         if !agent.is_running() {

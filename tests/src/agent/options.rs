@@ -12,6 +12,9 @@ pub struct AgentOptions {
     pub plugin_config: String,
     /// Extra top-level agent HCL.
     pub extra_hcl: String,
+    /// Extra environment of the agent process (its plugins inherit it), e.g.
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub env: Vec<(String, String)>,
     /// Make [`Agent::wait_ready`](super::Agent::wait_ready) also wait until the node reports
     /// `bpfexec` detected and healthy.
     pub wait_driver_healthy: bool,
@@ -33,6 +36,7 @@ impl AgentOptions {
             with_driver: true,
             plugin_config: String::new(),
             extra_hcl: String::new(),
+            env: Vec::new(),
             wait_driver_healthy: true,
             ready_timeout: Duration::from_secs(60),
         }
@@ -54,6 +58,13 @@ impl AgentOptions {
     pub fn plugin_config(mut self, hcl: &str) -> Self {
         self.plugin_config.push_str(hcl);
         self.plugin_config.push('\n');
+        self
+    }
+
+    /// Sets an environment variable of the agent process (and so of the driver plugin).
+    #[must_use]
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
         self
     }
 

@@ -183,38 +183,10 @@ impl Jaeger {
         &self.config_path
     }
 
-    /// Its temp dir (config, `jaeger.log`).
+    /// The process: pid, temp dir, log, listening sockets.
     #[must_use]
-    pub fn root(&self) -> &Path {
-        self.process.root()
-    }
-
-    /// Its pid while running.
-    #[must_use]
-    pub fn pid(&self) -> Option<u32> {
-        self.process.pid()
-    }
-
-    /// Its log (stdout and stderr).
-    #[must_use]
-    pub fn log_path(&self) -> &Path {
-        self.process.log_path()
-    }
-
-    /// The last `n` lines of its log.
-    #[must_use]
-    pub fn log_tail(&self, n: usize) -> String {
-        self.process.log_tail(n)
-    }
-
-    /// The local addresses it listens on (`ss`).
-    pub fn listeners(&self) -> Result<Vec<String>> {
-        self.process.listeners()
-    }
-
-    /// Fails unless every address it listens on is loopback; returns them.
-    pub fn ensure_loopback_only(&self) -> Result<Vec<String>> {
-        self.process.ensure_loopback_only()
+    pub fn process(&self) -> &PeerProcess {
+        &self.process
     }
 
     /// Stops it now (SIGTERM by pid, SIGKILL after 10 s). Dropping does the same.

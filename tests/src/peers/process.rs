@@ -21,8 +21,11 @@ const LOG_TAIL: usize = 40;
 /// How long a peer may take to exit after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
-/// A running peer process (see the module docs).
-pub(crate) struct PeerProcess {
+/// A peer's process (see the module docs): [`Prometheus::process`] and [`Jaeger::process`].
+///
+/// [`Prometheus::process`]: super::Prometheus::process
+/// [`Jaeger::process`]: super::Jaeger::process
+pub struct PeerProcess {
     peer: &'static str,
     child: Option<Child>,
     dir: Option<tempfile::TempDir>,
@@ -32,7 +35,7 @@ pub(crate) struct PeerProcess {
 
 impl PeerProcess {
     /// A fresh temp dir for `peer` (`/tmp/bpfexec-e2e-<peer>-XXXX`).
-    pub fn temp_dir(peer: &str) -> Result<tempfile::TempDir> {
+    pub(crate) fn temp_dir(peer: &str) -> Result<tempfile::TempDir> {
         tempfile::Builder::new()
             .prefix(&format!("bpfexec-e2e-{peer}-"))
             .tempdir()
@@ -40,7 +43,11 @@ impl PeerProcess {
     }
 
     /// Spawns `cmd` with no stdin and its output appended to `<dir>/<peer>.log`.
-    pub fn spawn(peer: &'static str, dir: tempfile::TempDir, cmd: &mut Command) -> Result<Self> {
+    pub(crate) fn spawn(
+        peer: &'static str,
+        dir: tempfile::TempDir,
+        cmd: &mut Command,
+    ) -> Result<Self> {
         let root = dir.path().to_path_buf();
         let log_path = root.join(format!("{peer}.log"));
         let log =
@@ -60,19 +67,26 @@ impl PeerProcess {
         })
     }
 
-    /// The pid, while the process is ours.
+    /// The pid, while the process runs.
+    #[must_use]
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Its temp dir (config, storage, log).
+    #[must_use]
     pub fn root(&self) -> &Path {
         &self.root
     }
 
+    /// Its stdout and stderr.
+    #[must_use]
     pub fn log_path(&self) -> &Path {
         &self.log_path
     }
 
+    /// The last `n` lines of its log.
+    #[must_use]
     pub fn log_tail(&self, n: usize) -> String {
         tail_file(&self.log_path, n)
     }
@@ -85,7 +99,7 @@ impl PeerProcess {
 
     /// Polls `probe` until it says ready; fails early when the process exits. Errors carry the
     /// last observation and the log tail.
-    pub fn wait_ready(
+    pub(crate) fn wait_ready(
         &mut self,
         timeout: Duration,
         mut probe: impl FnMut(&mut String) -> Result<bool>,
@@ -107,7 +121,7 @@ impl PeerProcess {
     }
 
     /// SIGTERM to our pid, then SIGKILL after [`STOP_GRACE`]; reaps it. Idempotent.
-    pub fn stop(&mut self) -> Result<()> {
+    pub(crate) fn stop(&mut self) -> Result<()> {
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
@@ -132,13 +146,15 @@ impl PeerProcess {
         Ok(())
     }
 
-    /// Local addresses of every TCP and UDP socket the process listens on.
+    /// Local addresses (`127.0.0.1:9090`, `[::1]:4317`, `*:8888`) of every TCP and UDP socket
+    /// the process listens on (`ss -Hlntup`).
     pub fn listeners(&self) -> Result<Vec<String>> {
         let pid = self.pid().context("the process is not running")?;
         listeners_of(pid)
     }
 
-    /// Fails naming every listener of the process that is not on a loopback address.
+    /// Fails naming every listener of the process that is not on a loopback address; returns
+    /// the listeners.
     pub fn ensure_loopback_only(&self) -> Result<Vec<String>> {
         let listeners = self.listeners()?;
         let outside: Vec<&String> = listeners.iter().filter(|a| !is_loopback(a)).collect();

@@ -31,7 +31,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 
-use super::http::{ApiError, Http};
+use super::http::{Answer, ApiError, Http};
 use super::process::PeerProcess;
 use crate::env;
 use crate::wait::{POLL, poll_until};
@@ -106,38 +106,10 @@ impl Prometheus {
         &self.config_path
     }
 
-    /// Its temp dir (config, `data/`, `prometheus.log`).
+    /// The process: pid, temp dir, log, listening sockets.
     #[must_use]
-    pub fn root(&self) -> &Path {
-        self.process.root()
-    }
-
-    /// Its pid while running.
-    #[must_use]
-    pub fn pid(&self) -> Option<u32> {
-        self.process.pid()
-    }
-
-    /// Its log (stdout and stderr).
-    #[must_use]
-    pub fn log_path(&self) -> &Path {
-        self.process.log_path()
-    }
-
-    /// The last `n` lines of its log.
-    #[must_use]
-    pub fn log_tail(&self, n: usize) -> String {
-        self.process.log_tail(n)
-    }
-
-    /// The local addresses it listens on (`ss`).
-    pub fn listeners(&self) -> Result<Vec<String>> {
-        self.process.listeners()
-    }
-
-    /// Fails unless every address it listens on is loopback; returns them.
-    pub fn ensure_loopback_only(&self) -> Result<Vec<String>> {
-        self.process.ensure_loopback_only()
+    pub fn process(&self) -> &PeerProcess {
+        &self.process
     }
 
     /// Stops it now (SIGTERM by pid, SIGKILL after 10 s). Dropping does the same.
@@ -147,35 +119,32 @@ impl Prometheus {
 
     /// Instant query at the current time.
     pub fn query(&self, promql: &str) -> Result<QueryResult, ApiError> {
+        self.instant(promql).map(|(_, result)| result)
+    }
+
+    fn instant(&self, promql: &str) -> Result<(Answer, QueryResult), ApiError> {
         let what = format!("query `{promql}`");
         let answer = self
             .http
             .get("/api/v1/query", &[("query", promql)], &what)?;
-        api::query_result(&answer)
+        let result = api::query_result(&answer)?;
+        Ok((answer, result))
     }
 
     /// Instant query that must return a vector (empty = no data).
     pub fn query_vector(&self, promql: &str) -> Result<Vec<Sample>, ApiError> {
-        let what = format!("query `{promql}`");
-        let answer = self
-            .http
-            .get("/api/v1/query", &[("query", promql)], &what)?;
-        match api::query_result(&answer)? {
-            QueryResult::Vector(samples) => Ok(samples),
-            other => Err(answer.unexpected(format!("expected a vector, got {other:?}"))),
+        match self.instant(promql)? {
+            (_, QueryResult::Vector(samples)) => Ok(samples),
+            (answer, other) => Err(answer.unexpected(format!("expected a vector, got {other:?}"))),
         }
     }
 
     /// Instant query that must return one number: a scalar, or a vector of exactly one sample.
     pub fn query_scalar(&self, promql: &str) -> Result<f64, ApiError> {
-        let what = format!("query `{promql}`");
-        let answer = self
-            .http
-            .get("/api/v1/query", &[("query", promql)], &what)?;
-        match api::query_result(&answer)? {
-            QueryResult::Scalar { value, .. } => Ok(value),
-            QueryResult::Vector(samples) if samples.len() == 1 => Ok(samples[0].value),
-            other => Err(answer.unexpected(format!(
+        match self.instant(promql)? {
+            (_, QueryResult::Scalar { value, .. }) => Ok(value),
+            (_, QueryResult::Vector(samples)) if samples.len() == 1 => Ok(samples[0].value),
+            (answer, other) => Err(answer.unexpected(format!(
                 "expected a scalar or a one-sample vector, got {other:?}"
             ))),
         }
