@@ -344,7 +344,9 @@ fn jaeger_receives_otlp_spans() -> Result<()> {
     );
 
     ensure!(jaeger.services()?.contains(&service), "service not listed");
-    let found = jaeger.find_traces(&service, &[("nomad.alloc.id", &alloc)], 10)?;
+    let found = jaeger.wait_for_traces(&service, &[("nomad.alloc.id", &alloc)], WAIT, |t| {
+        !t.is_empty()
+    })?;
     ensure!(
         found.len() == 1 && found[0].trace_id == trace.trace_id,
         "find_traces: {found:?}"
