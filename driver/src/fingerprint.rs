@@ -85,5 +85,22 @@ fn health(rt: &Runtime) -> (HealthState, String) {
             ),
         );
     }
+    // Starting a task writes there: a full or read-only state_dir fails every start.
+    let probe = dir.join("tasks").join(".health-probe");
+    if let Err(e) = std::fs::write(&probe, b"ok") {
+        let what = match e.raw_os_error() {
+            Some(libc::ENOSPC | libc::EDQUOT) => "is full",
+            Some(libc::EROFS) => "is read-only",
+            _ => "is not writable",
+        };
+        return (
+            HealthState::Unhealthy,
+            format!(
+                "state_dir {} {what} ({e}): new tasks cannot start; free space in it or point the plugin's state_dir at a writable directory (running tasks go on)",
+                dir.display()
+            ),
+        );
+    }
+    let _ = std::fs::remove_file(&probe);
     (HealthState::Healthy, "Healthy".into())
 }

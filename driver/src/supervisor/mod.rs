@@ -28,7 +28,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use record::{EXIT_FILE, SPEC_FILE, StartReport};
+use record::{SPEC_FILE, StartReport};
 use spec::LaunchSpec;
 
 /// argv[1] that selects supervisor mode.
@@ -50,8 +50,14 @@ pub fn main(args: &[OsString]) -> i32 {
 }
 
 pub(crate) fn log(msg: &str) {
-    // stderr is the supervisor.log file the plugin opened for us.
-    eprintln!("{} [{}] {msg}", record::now_ms(), std::process::id());
+    // stderr is the supervisor.log file the plugin opened for us. A full state_dir must not
+    // stop the helper (eprintln! would panic), so errors are ignored.
+    let _ = writeln!(
+        io::stderr(),
+        "{} [{}] {msg}",
+        record::now_ms(),
+        std::process::id()
+    );
 }
 
 fn run(dir: &Path) -> io::Result<()> {
@@ -110,7 +116,7 @@ fn report_failure(spec: &LaunchSpec, e: &io::Error) -> io::Result<()> {
 }
 
 fn finish(dir: &Path, record: &record::ExitRecord) -> io::Result<()> {
-    record::write_json(dir, EXIT_FILE, record)?;
+    record::write_exit(dir, record)?;
     log(&format!(
         "task exited: code {} signal {} core {}",
         record.exit_code, record.signal, record.core_dumped

@@ -11,6 +11,11 @@ use serde::{Deserialize, Serialize};
 
 pub const SPEC_FILE: &str = "spec.json";
 pub const EXIT_FILE: &str = "exit.json";
+/// Space for the exit record, reserved when the task starts: the helper overwrites it in place
+/// and renames it, so a state_dir that filled up meanwhile still gets the task's exit status.
+pub const EXIT_SLOT: &str = ".exit.slot";
+/// Size of [`EXIT_SLOT`]; an exit record is under 100 bytes of JSON.
+const EXIT_SLOT_BYTES: usize = 512;
 pub const LOG_FILE: &str = "supervisor.log";
 
 /// First (and only) line a supervisor writes on its stdout, read by the plugin's StartTask.
@@ -99,6 +104,27 @@ pub fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Result
     fs::rename(&tmp, dir.join(name))
 }
 
+/// Reserves the space of the exit record (see [`EXIT_SLOT`]).
+pub fn reserve_exit(dir: &Path) -> io::Result<()> {
+    fs::write(dir.join(EXIT_SLOT), [b' '; EXIT_SLOT_BYTES])
+}
+
+/// Writes the exit record: into the reserved slot when there is one (no new blocks needed, so
+/// it works on a full filesystem), otherwise like [`write_json`].
+pub fn write_exit(dir: &Path, record: &ExitRecord) -> io::Result<()> {
+    let data = serde_json::to_vec(record).map_err(io::Error::other)?;
+    let slot = dir.join(EXIT_SLOT);
+    if data.len() <= EXIT_SLOT_BYTES
+        && let Ok(mut file) = fs::OpenOptions::new().write(true).open(&slot)
+    {
+        // JSON followed by the slot's remaining spaces (trailing whitespace is valid JSON).
+        file.write_all(&data)?;
+        drop(file);
+        return fs::rename(&slot, dir.join(EXIT_FILE));
+    }
+    write_json(dir, EXIT_FILE, record)
+}
+
 /// Reads `dir/name` as JSON; `Ok(None)` when the file does not exist.
 pub fn read_json<T: DeserializeOwned>(dir: &Path, name: &str) -> io::Result<Option<T>> {
     match fs::read(dir.join(name)) {
@@ -159,6 +185,37 @@ mod tests {
         assert_eq!(
             read_json::<ExitRecord>(dir.path(), "nope.json").expect("read"),
             None
+        );
+    }
+
+    #[test]
+    fn exit_records_fill_the_reserved_slot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        reserve_exit(dir.path()).expect("reserve");
+        let rec = ExitRecord {
+            exit_code: 3,
+            signal: 0,
+            core_dumped: false,
+            finished_at_ms: 42,
+        };
+        write_exit(dir.path(), &rec).expect("write");
+        assert!(!dir.path().join(EXIT_SLOT).exists());
+        assert_eq!(
+            fs::metadata(dir.path().join(EXIT_FILE))
+                .expect("exit")
+                .len(),
+            EXIT_SLOT_BYTES as u64
+        );
+        assert_eq!(
+            read_json::<ExitRecord>(dir.path(), EXIT_FILE).expect("read"),
+            Some(rec)
+        );
+        // Without a slot (a task started by an older driver) it is written as before.
+        let other = tempfile::tempdir().expect("tempdir");
+        write_exit(other.path(), &rec).expect("write");
+        assert_eq!(
+            read_json::<ExitRecord>(other.path(), EXIT_FILE).expect("read"),
+            Some(rec)
         );
     }
 

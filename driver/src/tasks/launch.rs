@@ -38,6 +38,7 @@ pub async fn launch(dir: &Path, spec: &LaunchSpec) -> Result<Launched, DriverErr
     std::fs::create_dir_all(dir)
         .map_err(|e| DriverError::io(format!("creating {}", dir.display()), e))?;
     record::write_json(dir, SPEC_FILE, spec)
+        .and_then(|()| record::reserve_exit(dir))
         .map_err(|e| DriverError::io(format!("writing the launch spec in {}", dir.display()), e))?;
     let log = std::fs::OpenOptions::new()
         .create(true)

@@ -1,0 +1,164 @@
+//! Issue 12 §3, faults: the driver's `state_dir` fills up, then turns read-only. Simulated on a
+//! small tmpfs this test mounts over its own agent's state directory (never a host mount):
+//! a task started meanwhile fails naming the cause, or the fingerprint turns unhealthy naming it
+//! (then Nomad places nothing); a task that was already running keeps running and still reports
+//! its true exit code (its exit record's space was reserved at start); the plugin does not
+//! crash; the driver is healthy again once there is space.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use bpfexec_e2e::suite::{self, TIMEOUT, alloc_file, expect_terminated, wait_task_pid};
+use bpfexec_e2e::wait::{POLL, poll_until};
+use bpfexec_e2e::{Agent, Check, DRIVER_NAME, run_checks};
+
+#[test]
+fn faults() {
+    if !suite::is_bpfexec() {
+        println!("SKIP: faults: bpfexec-only checks (BPFEXEC_E2E_DRIVER=raw_exec)");
+        return;
+    }
+    run_checks(
+        "faults",
+        suite::options(),
+        &[Check {
+            name: "state_dir_full_then_read_only",
+            run: state_dir_full_then_read_only,
+        }],
+    );
+}
+
+/// A tmpfs mounted by this test on a directory of its own; lazily unmounted on drop.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(dir: &Path, size: &str) -> Result<Self> {
+        run(
+            "mount",
+            &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"],
+            dir,
+        )?;
+        Ok(Self(dir.to_path_buf()))
+    }
+
+    fn remount_ro(&self) -> Result<()> {
+        run("mount", &["-o", "remount,ro"], &self.0)
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn run(cmd: &str, args: &[&str], path: &Path) -> Result<()> {
+    let st = Command::new(cmd)
+        .args(args)
+        .arg(path)
+        .status()
+        .with_context(|| format!("running {cmd}"))?;
+    ensure!(
+        st.success(),
+        "{cmd} {args:?} {} failed: {st}",
+        path.display()
+    );
+    Ok(())
+}
+
+/// Fills the filesystem of `dir` until ENOSPC.
+fn fill(dir: &Path) -> Result<()> {
+    use std::io::Write as _;
+    let mut f = std::fs::File::create(dir.join("fill"))?;
+    let chunk = vec![0u8; 64 * 1024];
+    loop {
+        match f.write_all(&chunk) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => return Ok(()),
+            Err(e) => bail!("filling {}: {e}", dir.display()),
+        }
+    }
+}
+
+/// Waits until the driver's health description contains `needle` (the fingerprint runs every
+/// 30 s).
+fn wait_health(agent: &Agent, needle: &str) -> Result<String> {
+    poll_until(
+        &format!("driver health naming {needle:?}"),
+        Duration::from_secs(75),
+        POLL,
+        |last| {
+            let node = agent.node()?;
+            let d = node.drivers.get(DRIVER_NAME).cloned().unwrap_or_default();
+            *last = format!("healthy={} {:?}", d.healthy, d.health_description);
+            Ok(d.health_description
+                .contains(needle)
+                .then(|| d.health_description.clone()))
+        },
+    )
+}
+
+fn state_dir_full_then_read_only(agent: &mut Agent) -> Result<()> {
+    let plugin_before = agent.plugin_pids();
+    let fs = SmallFs::mount(&agent.layout().state_dir, "2m")?;
+    // A task running when the state_dir fills up: waits for a go file, then exits 3.
+    let job = suite::batch("before-full").shell(
+        "echo $$ > \"$NOMAD_ALLOC_DIR/pid\"\n\
+         while [ ! -e \"$NOMAD_ALLOC_DIR/go\" ]; do sleep 0.2; done\nexit 3",
+    );
+    let api = agent.api();
+    let job_a = api.register_job(&job.to_hcl())?;
+    let alloc_a = api.wait_job_alloc(&job_a, TIMEOUT)?;
+    api.wait_alloc_status(&alloc_a, &["running"], TIMEOUT)?;
+    wait_task_pid(agent, &alloc_a, "pid")?;
+
+    fill(&fs.0)?;
+    // Started now: refused naming the cause, or (once the fingerprint ran) not placed at all
+    // because the driver is unhealthy, naming the cause.
+    let job_b = suite::batch("when-full").command("/bin/true");
+    let b = api.register_job(&job_b.to_hcl())?;
+    let outcome = poll_until(
+        "task B refused, or the driver unhealthy",
+        TIMEOUT,
+        POLL,
+        |last| {
+            for a in api.job_allocs(&b)? {
+                if let Some(e) = a
+                    .events(bpfexec_e2e::jobspec::TASK)
+                    .iter()
+                    .find(|e| e.all_text().contains("No space left on device"))
+                {
+                    return Ok(Some(format!("refused: {e}")));
+                }
+            }
+            let node = agent.node()?;
+            let d = node.drivers.get(DRIVER_NAME).cloned().unwrap_or_default();
+            if d.health_description.contains("is full") {
+                return Ok(Some(format!("unhealthy: {}", d.health_description)));
+            }
+            *last = format!("allocs of {b}: {:?}", api.job_allocs(&b)?);
+            Ok(None)
+        },
+    )?;
+    println!("task started on a full state_dir: {outcome}");
+    println!("health: {}", wait_health(agent, "is full")?);
+
+    // The running task still reports its own exit code.
+    std::fs::write(alloc_file(agent, &alloc_a, "go"), b"")?;
+    let a = api.wait_alloc_status(&alloc_a, &["failed"], TIMEOUT)?;
+    expect_terminated(&a, 3, 0)?;
+
+    std::fs::remove_file(fs.0.join("fill"))?;
+    println!("health: {}", wait_health(agent, "Healthy")?);
+    fs.remount_ro()?;
+    println!("health: {}", wait_health(agent, "is read-only")?);
+    ensure!(
+        agent.plugin_pids() == plugin_before,
+        "the plugin process changed ({plugin_before:?} -> {:?}): it crashed",
+        agent.plugin_pids()
+    );
+    api.stop_job(&b, true)?;
+    Ok(())
+}
