@@ -116,16 +116,23 @@ fn prometheus_summary(p: &Prometheus) -> String {
         }
     }
     let queries = [
-        ("Nomad series", r#"count({job="nomad"})"#),
-        ("driver series", r#"count({job="bpfexec"})"#),
+        (
+            "Nomad series",
+            r#"count({job="nomad", __name__=~"nomad_.+"})"#,
+        ),
+        (
+            "driver series",
+            r#"count({job="bpfexec", __name__=~"bpfexec_.+"})"#,
+        ),
     ];
     for (what, promql) in queries {
-        match p.query_scalar(promql) {
-            Ok(n) => {
+        match p.query_vector(promql) {
+            Ok(v) => {
+                let n = v.first().map_or(0.0, |s| s.value);
                 let _ = writeln!(out, "    {what:<14} {n}   ({promql})");
             }
             Err(e) => {
-                let _ = writeln!(out, "    {what:<14} none yet ({e})");
+                let _ = writeln!(out, "    {what:<14} {e}");
             }
         }
     }
@@ -149,7 +156,11 @@ fn jaeger_summary(j: &Jaeger) -> String {
     let mut out = format!("  Jaeger ({}):\n", j.query_url());
     match j.find_traces("bpfexec", &[], TRACES_SHOWN) {
         Ok(traces) if traces.is_empty() => {
-            out.push_str("    no traces from service bpfexec\n");
+            let _ = writeln!(
+                out,
+                "    no traces from service bpfexec (the agent's OTEL_EXPORTER_OTLP_ENDPOINT is {})",
+                j.otlp_grpc_endpoint()
+            );
         }
         Ok(traces) => {
             for t in &traces {
