@@ -1,6 +1,7 @@
 //! TaskStats samples (Nomad's `TaskResourceUsage`): CPU from the task cgroup (v2 `cpu.stat`) or the
-//! sum over the task's processes (procfs), memory from the task's memory cgroup or process RSS,
-//! and per-pid usage. Percent is of one core, as in Nomad's exec driver; total ticks are MHz used.
+//! sum over the task's processes (procfs), CFS throttling from the cpu cgroup's `cpu.stat`, memory
+//! from the task's memory cgroup (v2 `memory.stat`/`memory.current`/`memory.peak`) or process
+//! RSS, and per-pid usage. Percent is of one core, as in Nomad's exec driver; total ticks are MHz used.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -55,12 +56,20 @@ impl Sampler {
         let cpu_now = cgroups
             .and_then(cgroup_cpu)
             .unwrap_or_else(|| sum_cpu(&per_pid));
-        let cpu = rate(
+        let mut cpu = rate(
             self.prev.replace((now, cpu_now)),
             now,
             cpu_now,
             self.mhz_per_core,
         );
+        if let Some((periods, time_ns)) = cgroups.and_then(throttling) {
+            cpu.throttled_periods = periods;
+            cpu.throttled_time = time_ns;
+            cpu.measured_fields.extend([
+                cpu_usage::Fields::ThrottledPeriods as i32,
+                cpu_usage::Fields::ThrottledTime as i32,
+            ]);
+        }
         let memory = cgroups.and_then(cgroup_memory).unwrap_or_else(|| {
             let rss: u64 = per_pid.iter().map(|(_, _, r)| r).sum();
             drivers::MemoryUsage {
@@ -176,6 +185,19 @@ fn cgroup_cpu(cg: &TaskCgroups) -> Option<CpuTimes> {
     (times.total() > 0 || get("usage_usec").is_some()).then_some(times)
 }
 
+/// CFS throttling of the task's cpu cgroup: periods throttled and time throttled in ns, from
+/// `cpu.stat` (v2 `nr_throttled`/`throttled_usec` of the scope, v1 `nr_throttled`/
+/// `throttled_time` of the cpu directory).
+fn throttling(cg: &TaskCgroups) -> Option<(u64, u64)> {
+    let (dir, time_key, ns_per_unit) = match cg.mode {
+        CgroupMode::V2 => (cg.own_dir()?, "throttled_usec", 1000),
+        CgroupMode::V1 => (cg.dirs.get(1)?.as_path(), "throttled_time", 1),
+    };
+    let stat = cgroups::read_keyed(&dir.join("cpu.stat"));
+    let get = |k: &str| stat.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
+    Some((get("nr_throttled")?, get(time_key)? * ns_per_unit))
+}
+
 fn cgroup_memory(cg: &TaskCgroups) -> Option<drivers::MemoryUsage> {
     let dir = cg.memory_dir()?;
     if !dir.is_dir() {
@@ -190,17 +212,28 @@ pub fn memory_from_dir(mode: CgroupMode, dir: &Path) -> drivers::MemoryUsage {
     let stat = cgroups::read_keyed(&dir.join("memory.stat"));
     let get = |k: &str| stat.iter().find(|(n, _)| n == k).map_or(0, |(_, v)| *v);
     match mode {
-        CgroupMode::V2 => drivers::MemoryUsage {
-            rss: get("anon"),
-            cache: get("file"),
-            swap: cgroups::read_u64(&dir.join("memory.swap.current")).unwrap_or(0),
-            usage: cgroups::read_u64(&dir.join("memory.current")).unwrap_or(0),
-            measured_fields: [Fields::Rss, Fields::Cache, Fields::Swap, Fields::Usage]
-                .iter()
-                .map(|f| *f as i32)
-                .collect(),
-            ..Default::default()
-        },
+        CgroupMode::V2 => {
+            let mut fields = vec![Fields::Rss, Fields::Cache, Fields::Swap, Fields::Usage];
+            // memory.peak exists from Linux 5.19; the `kernel` key of memory.stat from 5.18.
+            let max_usage = cgroups::read_u64(&dir.join("memory.peak"));
+            if max_usage.is_some() {
+                fields.push(Fields::MaxUsage);
+            }
+            let kernel = stat.iter().find(|(n, _)| n == "kernel").map(|(_, v)| *v);
+            if kernel.is_some() {
+                fields.push(Fields::KernelUsage);
+            }
+            drivers::MemoryUsage {
+                rss: get("anon"),
+                cache: get("file"),
+                swap: cgroups::read_u64(&dir.join("memory.swap.current")).unwrap_or(0),
+                usage: cgroups::read_u64(&dir.join("memory.current")).unwrap_or(0),
+                max_usage: max_usage.unwrap_or(0),
+                kernel_usage: kernel.unwrap_or(0),
+                measured_fields: fields.iter().map(|f| *f as i32).collect(),
+                ..Default::default()
+            }
+        }
         CgroupMode::V1 => drivers::MemoryUsage {
             rss: get("rss"),
             cache: get("cache"),
@@ -260,6 +293,58 @@ mod tests {
         let m = memory_from_dir(CgroupMode::V2, dir.path());
         assert_eq!((m.rss, m.cache, m.usage, m.swap), (100, 200, 400, 7));
         assert_eq!(m.measured_fields.len(), 4);
+        // Newer kernels: the peak is MaxUsage and memory.stat's kernel is KernelUsage.
+        std::fs::write(
+            dir.path().join("memory.stat"),
+            "anon 100\nfile 200\nkernel 30\n",
+        )
+        .expect("w");
+        std::fs::write(dir.path().join("memory.peak"), "900\n").expect("w");
+        let m = memory_from_dir(CgroupMode::V2, dir.path());
+        assert_eq!((m.max_usage, m.kernel_usage), (900, 30));
+        assert!(
+            m.measured_fields
+                .contains(&(memory_usage::Fields::MaxUsage as i32))
+        );
+    }
+
+    #[test]
+    fn throttling_comes_from_cpu_stat_on_both_versions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("cpu.stat"),
+            "usage_usec 10\nnr_periods 9\nnr_throttled 4\nthrottled_usec 250\n",
+        )
+        .expect("w");
+        let v2 = TaskCgroups {
+            mode: CgroupMode::V2,
+            dirs: vec![dir.path().to_path_buf()],
+            owned: Vec::new(),
+        };
+        assert_eq!(throttling(&v2), Some((4, 250_000)));
+        let v1_cpu = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            v1_cpu.path().join("cpu.stat"),
+            "nr_periods 9\nnr_throttled 2\nthrottled_time 777\n",
+        )
+        .expect("w");
+        let v1 = TaskCgroups {
+            mode: CgroupMode::V1,
+            dirs: vec!["/f".into(), v1_cpu.path().to_path_buf()],
+            owned: Vec::new(),
+        };
+        assert_eq!(throttling(&v1), Some((2, 777)));
+        let mut sampler = Sampler::new(1000.0);
+        let cpu = sampler
+            .sample("t", Some(&v2), &[])
+            .agg_resource_usage
+            .and_then(|u| u.cpu)
+            .expect("cpu");
+        assert_eq!((cpu.throttled_periods, cpu.throttled_time), (4, 250_000));
+        assert!(
+            cpu.measured_fields
+                .contains(&(cpu_usage::Fields::ThrottledTime as i32))
+        );
     }
 
     #[test]
