@@ -1,5 +1,7 @@
 //! Builds the kernel-side probes (`ebpf/`, crate `bpfexec-ebpf`) with nightly + bpf-linker through
-//! aya-build, leaving the object at `$OUT_DIR/bpfexec-ebpf`, which `src/probes/loader.rs` embeds.
+//! aya-build, leaving the objects at `$OUT_DIR/bpfexec-ebpf` (the probes, embedded by
+//! `src/probes/loader.rs`) and `$OUT_DIR/bpfexec-devices` (the cgroup v2 device program, embedded
+//! by `src/cgroups/device_program.rs`).
 //!
 //! `ebpf/` is outside the workspace, so aya-build's `cargo build --package bpfexec-ebpf` runs with
 //! `ebpf/` as the working directory. Set `AYA_BUILD_SKIP=1` to build the driver without probes
@@ -15,6 +17,8 @@ use std::{
 use anyhow::{Context as _, bail};
 
 const EBPF_PACKAGE: &str = "bpfexec-ebpf";
+/// The package's second binary: the cgroup v2 device program (`ebpf/src/devices.rs`).
+const DEVICES_OBJECT: &str = "bpfexec-devices";
 const BPF_LINKER: &str = "bpf-linker";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -46,8 +50,11 @@ fn main() -> anyhow::Result<()> {
     let object = out_dir.join(EBPF_PACKAGE);
     if skip_requested() {
         println!("cargo:warning=AYA_BUILD_SKIP is set: building the driver WITHOUT eBPF probes");
-        if !object.exists() {
-            fs::write(&object, b"").with_context(|| format!("writing {}", object.display()))?;
+        for name in [EBPF_PACKAGE, DEVICES_OBJECT] {
+            let object = out_dir.join(name);
+            if !object.exists() {
+                fs::write(&object, b"").with_context(|| format!("writing {}", object.display()))?;
+            }
         }
         return Ok(());
     }
@@ -74,8 +81,10 @@ fn main() -> anyhow::Result<()> {
     )
     .context("building the eBPF probes (crate bpfexec-ebpf) with nightly and bpf-linker")?;
 
-    if !object.is_file() {
-        bail!("aya-build finished but {} is missing", object.display());
+    for object in [object, out_dir.join(DEVICES_OBJECT)] {
+        if !object.is_file() {
+            bail!("aya-build finished but {} is missing", object.display());
+        }
     }
     Ok(())
 }

@@ -12,6 +12,8 @@
 //! in [`MAP_THREADS`] (`tid -> tgid`), and emit records only for tracked processes.
 #![no_std]
 
+pub mod devices;
+
 /// Length of a task command name (`TASK_COMM_LEN`), NUL-padded.
 pub const COMM_LEN: usize = 16;
 /// Bytes of the executed path kept by the exec probe (longer paths are truncated).

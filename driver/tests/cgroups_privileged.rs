@@ -223,3 +223,18 @@ fn v1_devices_cgroup_restricts_devices_on_the_real_kernel() {
         "the parent the driver created was not removed"
     );
 }
+
+/// cgroup v2 device program: attached to a cgroup of the test's own on the cgroup2 hierarchy
+/// (the unified mount of a hybrid host, or the root of a v2-only one), the same rules hold for a
+/// process in that cgroup.
+#[test]
+fn v2_device_program_restricts_devices_on_the_real_kernel() {
+    use bpfexec_driver::cgroups::device_program;
+    if !preconditions() {
+        return;
+    }
+    let mount = cgroup2_mount().expect("a cgroup2 hierarchy is mounted on every supported kernel");
+    let own = OwnCgroup::create(&mount, "v2-devices");
+    device_program::attach(&own.0, &test_device_rules()).expect("attaching the device program");
+    check_device_rules(own.0.join("cgroup.procs"));
+}

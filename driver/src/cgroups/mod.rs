@@ -7,6 +7,7 @@
 //! `<root>/<controller>/nomad/<allocID>.<task>`.
 
 pub mod created;
+pub mod device_program;
 pub mod devices;
 pub mod extra;
 mod home;
@@ -133,6 +134,14 @@ impl TaskCgroups {
     /// cpuset directory is shared by every task that does not reserve cores, so it never counts.
     pub fn own_dir(&self) -> Option<&Path> {
         self.dirs.first().map(PathBuf::as_path)
+    }
+
+    /// The v2 scope, which the task's process is created in (v1: none).
+    pub fn v2_scope(&self) -> Option<&Path> {
+        match self.mode {
+            CgroupMode::V2 => self.own_dir(),
+            CgroupMode::V1 => None,
+        }
     }
 
     /// The v1 memory directory or the v2 scope.

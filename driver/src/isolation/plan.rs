@@ -123,6 +123,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<LaunchSpec, DriverError> {
         stdout_path: PathBuf::from(&nomad.stdout_path),
         stderr_path: PathBuf::from(&nomad.stderr_path),
         cgroup_join: input.cgroup_join.clone(),
+        cgroup_into: None,
         self_track: None,
         oom_score_adj: Some(task.oom_score_adj.unwrap_or(0)),
         pid_ns,

@@ -1,6 +1,6 @@
-//! Starting the task's own process: open its log FIFOs, fork, and between fork and exec put it in
-//! its own session, its cgroups and its sandbox, set oom_score_adj, drop privileges and install
-//! its seccomp filters.
+//! Starting the task's own process: open its log FIFOs, fork (on cgroup v2 straight into its
+//! scope), and between fork and exec put it in its own session, its cgroups and its sandbox, set
+//! oom_score_adj, drop privileges and install its seccomp filters.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::spec::{LaunchSpec, SelfTrack};
-use super::{privileges, sandbox};
+use super::{clone_into, privileges, sandbox};
 
 /// The task's process, and the seccomp listener it handed over (when it has a filter).
 pub struct Spawned {
-    pub child: std::process::Child,
+    pub pid: u32,
     pub listener: Option<OwnedFd>,
 }
 
@@ -37,6 +37,39 @@ pub fn spawn(
         .map(|_| crate::seccomp::install::Channel::new())
         .transpose()?;
     let channel_fd = channel.as_ref().map(|c| c.child.as_raw_fd());
+    let pid = start(spec, stdout, stderr, channel_fd)?;
+    let listener = match &channel {
+        Some(c) => c.receive()?,
+        None => None,
+    };
+    Ok(Spawned { pid, listener })
+}
+
+/// Starts the process and returns its pid. On cgroup v2 it is created directly inside its scope
+/// (`clone_into`); elsewhere, or on a kernel without `CLONE_INTO_CGROUP`, it is forked and joins
+/// its cgroups before the exec.
+fn start(
+    spec: &LaunchSpec,
+    stdout: File,
+    stderr: File,
+    channel_fd: Option<RawFd>,
+) -> io::Result<u32> {
+    if let Some(scope) = &spec.cgroup_into {
+        let exec = clone_into::Exec {
+            program: &spec.program,
+            argv0: &spec.argv0,
+            args: &spec.args,
+            env: &spec.env,
+            stdout: stdout.try_clone()?,
+            stderr: stderr.try_clone()?,
+        };
+        match clone_into::spawn(scope, &exec, || prepare(spec, channel_fd, Some(scope)))? {
+            Ok(pid) => return Ok(pid),
+            Err(clone_into::Unsupported::Kernel(e)) => super::log(&format!(
+                "clone3(CLONE_INTO_CGROUP) is not available ({e}): joining the cgroup after fork"
+            )),
+        }
+    }
     let setup = spec.clone();
     let mut cmd = Command::new(&spec.program);
     cmd.arg0(&spec.argv0)
@@ -49,18 +82,20 @@ pub fn spawn(
     // SAFETY: the closure runs in the forked child of this single-threaded process before exec;
     // it only makes syscalls and allocates, and no other thread can hold a lock it needs.
     unsafe {
-        cmd.pre_exec(move || prepare(&setup, channel_fd));
+        cmd.pre_exec(move || prepare(&setup, channel_fd, None));
     }
-    let child = cmd.spawn()?;
-    let listener = match &channel {
-        Some(c) => c.receive()?,
-        None => None,
-    };
-    Ok(Spawned { child, listener })
+    // The Child handle is not needed: the caller waits by pid (std neither kills nor reaps on
+    // drop).
+    cmd.spawn().map(|child| child.id())
 }
 
-/// Runs in the task's process between fork and exec.
-fn prepare(spec: &LaunchSpec, seccomp_channel: Option<RawFd>) -> io::Result<()> {
+/// Runs in the task's process between fork and exec; a process created inside `cloned_into`
+/// already is in that cgroup.
+fn prepare(
+    spec: &LaunchSpec,
+    seccomp_channel: Option<RawFd>,
+    cloned_into: Option<&Path>,
+) -> io::Result<()> {
     // Own session and process group: signals to the group reach the whole task, and nothing
     // from the agent's terminal reaches it.
     nix::unistd::setsid().map_err(io::Error::from)?;
@@ -71,7 +106,9 @@ fn prepare(spec: &LaunchSpec, seccomp_channel: Option<RawFd>) -> io::Result<()> 
         super::images::stage(sb)?;
     }
     for file in &spec.cgroup_join {
-        join_cgroup(file)?;
+        if cloned_into.is_none_or(|dir| file.parent() != Some(dir)) {
+            join_cgroup(file)?;
+        }
     }
     if let Some(track) = &spec.self_track {
         // Best effort: if it fails, the plugin registers the process right after the start and

@@ -111,7 +111,7 @@ fn init(
             return Ok(());
         }
     };
-    let main = Pid::from_raw(spawned.child.id() as i32);
+    let main = Pid::from_raw(spawned.pid as i32);
     writeln!(tx, "started")?;
     drop(tx);
     // Wait (EOF) until the supervisor has seen the task.

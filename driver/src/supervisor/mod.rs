@@ -9,6 +9,7 @@
 //! waits. Both are synchronous and single-threaded (no tokio): a few hundred KiB of private memory.
 
 mod child;
+mod clone_into;
 pub mod enter;
 pub mod images;
 mod init;
@@ -82,7 +83,7 @@ fn run(dir: &Path) -> io::Result<()> {
     };
     // The task has its copies; the relay ends when the task's are closed.
     drop(streams);
-    let pid = spawned.child.id();
+    let pid = spawned.pid;
     let me = std::process::id();
     report(&StartReport::Started {
         pid,

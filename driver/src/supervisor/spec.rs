@@ -37,6 +37,10 @@ pub struct LaunchSpec {
     /// (v1 `tasks`, v2 `cgroup.procs`; specs of older versions named `cgroup.procs` on v1 too).
     #[serde(alias = "cgroup_procs")]
     pub cgroup_join: Vec<PathBuf>,
+    /// cgroup v2: the scope the task's process is created in (clone3 `CLONE_INTO_CGROUP`), so
+    /// it joins no `cgroup.procs` of that directory.
+    #[serde(default)]
+    pub cgroup_into: Option<PathBuf>,
     /// The probes' pinned maps, where the task's process registers itself before it execs so
     /// its exec and everything it forks are seen from the first instruction; None when the
     /// probes are not loaded or not pinned (the plugin then registers it after the start).

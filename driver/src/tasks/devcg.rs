@@ -1,6 +1,7 @@
 //! Device control of an isolated task: the standard nodes and the devices Nomad assigned (with
 //! their `r`/`w`/`m`), nothing else. On cgroup v1 a devices cgroup of the driver's own (see
-//! `cgroups::devices`), made at start and removed with the task. Where no mechanism can enforce
+//! `cgroups::devices`), made at start and removed with the task; on cgroup v2 a device program
+//! attached to the task's scope (see `cgroups::device_program`), gone with the scope. Where no mechanism can enforce
 //! the rules, the task fails naming why, unless the operator accepted running without device
 //! control (`allow_unrestricted_devices`), which the fingerprint then reports.
 
@@ -9,19 +10,18 @@ use std::path::Path;
 use bpfexec_proto::drivers;
 
 use crate::cgroups::created::Ledger;
-use crate::cgroups::{CgroupMode, TaskCgroups, devices};
+use crate::cgroups::{CgroupMode, TaskCgroups, device_program, devices};
 use crate::config::plugin::PluginConfig;
 use crate::errors::DriverError;
 use crate::supervisor::sandbox::DEV_NODES;
-
-const V2_UNAVAILABLE: &str = "on cgroup v2 device rules take a BPF_CGROUP_DEVICE program, which \
-                              this driver version does not attach";
 
 /// How device rules are enforced on this host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceControl {
     /// A v1 devices cgroup per task.
     CgroupV1,
+    /// A BPF_CGROUP_DEVICE program on each task's v2 scope.
+    BpfV2,
     /// Nothing here can enforce them: why.
     Unavailable(String),
 }
@@ -36,7 +36,10 @@ impl DeviceControl {
                 "the cgroup v1 devices controller is not mounted at {}",
                 devices::hierarchy(root).display()
             )),
-            Some(CgroupMode::V2) => Self::Unavailable(V2_UNAVAILABLE.into()),
+            Some(CgroupMode::V2) if device_program::built() => Self::BpfV2,
+            Some(CgroupMode::V2) => {
+                Self::Unavailable(device_program::DeviceProgramError::NotBuilt.to_string())
+            }
             None => Self::Unavailable(format!(
                 "no cgroup hierarchy was found at {}",
                 root.display()
@@ -50,6 +53,7 @@ impl DeviceControl {
     pub fn attribute(&self, plugin: &PluginConfig) -> &'static str {
         match self {
             Self::CgroupV1 => "cgroup-v1",
+            Self::BpfV2 => "bpf-cgroup-device",
             Self::Unavailable(_) if plugin.allow_unrestricted_devices => "unenforced",
             Self::Unavailable(_) => "unavailable",
         }
@@ -57,7 +61,8 @@ impl DeviceControl {
 }
 
 /// Puts the task's device rules in place before it starts. On v1 the task's devices cgroup is
-/// recorded in `cg.owned` (so `join_files` has it and destroy removes it).
+/// recorded in `cg.owned` (so `join_files` has it and destroy removes it); on v2 the program is
+/// attached to the scope before the task's process is created in it.
 pub fn restrict(
     cgroups: Option<&mut TaskCgroups>,
     root: &Path,
@@ -99,7 +104,11 @@ pub fn restrict(
                 }
             }
         }
-        Some(_) => V2_UNAVAILABLE.into(),
+        Some(cg) => match cg.own_dir().map(|dir| device_program::attach(dir, &rules)) {
+            Some(Ok(())) => return Ok(()),
+            Some(Err(e)) => e.to_string(),
+            None => "the task has no cgroup v2 scope".into(),
+        },
         None => "Nomad gave the task no cgroup to attach device rules to".into(),
     };
     unenforced(&why, cfg, plugin)
@@ -165,7 +174,7 @@ mod tests {
             owned: Vec::new(),
         };
         let plugin = PluginConfig::default();
-        for cg in [Some(&mut v2), None] {
+        for cg in [Some(&mut v2.clone()), None] {
             let err = restrict(cg, root.path(), &task(), &plugin)
                 .expect_err("must refuse")
                 .to_string();

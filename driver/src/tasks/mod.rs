@@ -252,6 +252,9 @@ impl TaskManager {
         if let Some(cg) = &mut cgroups {
             cgsetup::own_cgroups(ctx, &cfg, &task_cfg, cg, memory).await?;
             spec.cgroup_join = cg.join_files();
+            if override_join.is_none() {
+                spec.cgroup_into = cg.v2_scope().map(std::path::Path::to_path_buf);
+            }
         }
         let oom_kills_before = cgroups.as_ref().and_then(limits::oom_kills).unwrap_or(0);
         let pids_hits_before = cgroups
