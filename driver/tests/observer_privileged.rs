@@ -300,19 +300,42 @@ async fn tree_and_signal_provenance() {
     assert!(stats.events_processed > 0);
 }
 
-/// A throwaway cgroup v1 memory cgroup, removed (after killing its processes) when dropped.
+/// A throwaway memory cgroup (v1 `memory` hierarchy, or the cgroup2 root of a v2-only host with
+/// the memory controller enabled for its children), removed (after killing its processes) when
+/// dropped.
 struct MemCgroup(PathBuf);
+
+/// The host runs cgroup v2 only.
+fn unified_only() -> bool {
+    Path::new("/sys/fs/cgroup/cgroup.subtree_control").exists()
+}
 
 impl MemCgroup {
     fn new(tag: &str, limit: u64) -> Self {
-        let dir = PathBuf::from(format!(
-            "/sys/fs/cgroup/memory/bpfexec-test-{}-{tag}",
-            std::process::id()
-        ));
+        let root = if unified_only() {
+            // A fresh v2 host (no systemd, no Nomad yet) enables no controller for children.
+            let control = Path::new("/sys/fs/cgroup/cgroup.subtree_control");
+            if !fs::read_to_string(control)
+                .unwrap_or_default()
+                .split_whitespace()
+                .any(|c| c == "memory")
+            {
+                fs::write(control, "+memory").expect("enabling the memory controller");
+            }
+            "/sys/fs/cgroup"
+        } else {
+            "/sys/fs/cgroup/memory"
+        };
+        let dir = PathBuf::from(format!("{root}/bpfexec-test-{}-{tag}", std::process::id()));
         fs::create_dir(&dir).expect("creating the test memory cgroup");
         let cg = Self(dir);
-        fs::write(cg.0.join("memory.limit_in_bytes"), limit.to_string()).unwrap();
-        let _ = fs::write(cg.0.join("memory.swappiness"), "0");
+        if unified_only() {
+            fs::write(cg.0.join("memory.max"), limit.to_string()).unwrap();
+            let _ = fs::write(cg.0.join("memory.swap.max"), "0");
+        } else {
+            fs::write(cg.0.join("memory.limit_in_bytes"), limit.to_string()).unwrap();
+            let _ = fs::write(cg.0.join("memory.swappiness"), "0");
+        }
         cg
     }
 
@@ -339,7 +362,7 @@ impl MemCgroup {
         while !fs::read_to_string(format!("/proc/{}/cgroup", child.id()))
             .unwrap_or_default()
             .lines()
-            .any(|l| l.contains(":memory:") && l.ends_with(&name))
+            .any(|l| (l.contains(":memory:") || l.starts_with("0::")) && l.ends_with(&name))
         {
             assert!(Instant::now() < deadline, "sh never joined {name}");
             std::thread::sleep(Duration::from_millis(5));
@@ -369,7 +392,7 @@ async fn memory_cgroup_oom_kills() {
     if !have_root("memory_cgroup_oom_kills") {
         return;
     }
-    if !Path::new("/sys/fs/cgroup/memory/cgroup.procs").exists() {
+    if !unified_only() && !Path::new("/sys/fs/cgroup/memory/cgroup.procs").exists() {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
             "no cgroup v1 memory hierarchy at /sys/fs/cgroup/memory and CI=true forbids skipping"

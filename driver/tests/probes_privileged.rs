@@ -79,10 +79,13 @@ fn children_of(events: &[ProcessEvent], parent: u32) -> Vec<u32> {
         .collect()
 }
 
+/// The process `want` ended: its last thread's exit (`group_dead`), or on kernels whose
+/// `sched_process_exit` has no `group_dead` field (6.1 and 6.12 have none) its leader's exit.
 fn exit_of(events: &[ProcessEvent], want: u32) -> bool {
     events.iter().any(|e| {
-        matches!(e, ProcessEvent::Exit { pid, group_dead: Some(true), task, .. }
-            if *pid == want && *task == TASK)
+        matches!(e, ProcessEvent::Exit { pid, tid, group_dead, task, .. }
+            if *pid == want && *task == TASK
+                && (*group_dead == Some(true) || (group_dead.is_none() && tid == pid)))
     })
 }
 

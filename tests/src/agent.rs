@@ -61,7 +61,7 @@ impl Agent {
     pub fn start_expect_failure(opts: AgentOptions) -> Result<String> {
         let timeout = opts.ready_timeout;
         let mut agent = Self::start(opts)?;
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + crate::wait::scaled(timeout);
         while Instant::now() < deadline {
             if agent.try_exit_status()?.is_some() {
                 return fs::read_to_string(&agent.log_path).context("reading the agent output");
@@ -255,7 +255,7 @@ impl Agent {
         let Some(pid) = self.pid() else { return Ok(()) };
         if self.try_exit_status()?.is_none() {
             procs::signal(pid, Signal::SIGINT).context("sending SIGINT to the agent")?;
-            let deadline = Instant::now() + timeout;
+            let deadline = Instant::now() + crate::wait::scaled(timeout);
             while self.try_exit_status()?.is_none() {
                 if Instant::now() >= deadline {
                     self.kill();

@@ -47,7 +47,7 @@ impl Client {
     pub fn new(base: &str) -> Self {
         let http = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
+            .timeout_global(Some(crate::wait::scaled(Duration::from_secs(30))))
             .build()
             .new_agent();
         Client {

@@ -25,7 +25,8 @@
 //! `NOMAD_BIN=… DRIVER_BIN=… cargo test -p bpfexec-e2e --tests -- --nocapture`. Knobs:
 //! `BPFEXEC_E2E_ONLY=check1,check2` (run only those checks), `BPFEXEC_E2E_KEEP=1` (keep each
 //! agent's temp dir and log), `BPFEXEC_E2E_DRIVER=raw_exec` (run the checks against Nomad's
-//! built-in `raw_exec` to validate the harness itself; no `DRIVER_BIN` needed).
+//! built-in `raw_exec` to validate the harness itself; no `DRIVER_BIN` needed),
+//! `BPFEXEC_E2E_TIME_SCALE=20` (multiply every wait, for software-emulated guests).
 
 pub mod agent;
 pub mod api;

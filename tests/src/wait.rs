@@ -7,6 +7,20 @@ use anyhow::{Result, anyhow};
 /// Default polling interval.
 pub const POLL: Duration = Duration::from_millis(200);
 
+/// Environment variable multiplying every wait of the suite (default 1), for slow machines such
+/// as the software-emulated guests of `cargo xtask vm-test`.
+pub const TIME_SCALE_ENV: &str = "BPFEXEC_E2E_TIME_SCALE";
+
+/// `timeout` times [`TIME_SCALE_ENV`].
+pub fn scaled(timeout: Duration) -> Duration {
+    let factor = std::env::var(TIME_SCALE_ENV)
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|f| f.is_finite() && *f >= 1.0)
+        .unwrap_or(1.0);
+    timeout.mul_f64(factor)
+}
+
 /// Calls `f` every `interval` until it returns `Ok(Some(v))` (→ `Ok(v)`), returns an error
 /// (→ that error), or `timeout` elapses (→ an error naming `what` and the last observation
 /// `f` reported through `last`).
@@ -19,6 +33,7 @@ pub fn poll_until<T>(
     interval: Duration,
     mut f: impl FnMut(&mut String) -> Result<Option<T>>,
 ) -> Result<T> {
+    let timeout = scaled(timeout);
     let start = Instant::now();
     let mut last = String::new();
     loop {
@@ -41,6 +56,7 @@ pub fn poll_until<T>(
 
 /// Like [`poll_until`] for a plain condition: `true` once `cond` holds, `false` on timeout.
 pub fn wait_for(timeout: Duration, interval: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let timeout = scaled(timeout);
     let start = Instant::now();
     loop {
         if cond() {

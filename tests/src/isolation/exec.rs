@@ -48,7 +48,10 @@ pub fn nomad_exec(
     let pid = child.id();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let watchdog = std::thread::spawn(move || {
-        if done_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+        if done_rx
+            .recv_timeout(crate::wait::scaled(Duration::from_secs(30)))
+            .is_err()
+        {
             let _ = procs::signal(
                 i32::try_from(pid).unwrap_or(0),
                 nix::sys::signal::Signal::SIGKILL,

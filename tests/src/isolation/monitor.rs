@@ -66,7 +66,7 @@ impl LogMonitor {
             })
             .context("spawning the monitor thread")?;
         ready_rx
-            .recv_timeout(Duration::from_secs(10))
+            .recv_timeout(crate::wait::scaled(Duration::from_secs(10)))
             .context("the agent monitor stream did not open within 10 s")?
             .map_err(|e| anyhow!("opening {url}: {e}"))?;
         Ok(LogMonitor { lines })

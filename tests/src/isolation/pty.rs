@@ -139,7 +139,7 @@ impl PtySession {
 
     /// Waits until the output since byte `from` contains `needle`; returns that part.
     pub fn expect_from(&mut self, from: usize, needle: &str, timeout: Duration) -> Result<String> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + crate::wait::scaled(timeout);
         loop {
             let since =
                 String::from_utf8_lossy(&self.output[from.min(self.output.len())..]).into_owned();
@@ -167,7 +167,7 @@ impl PtySession {
     /// Waits up to `timeout` for the command to exit, reading its output meanwhile; `None` if
     /// it still runs.
     pub fn try_wait_exit(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + crate::wait::scaled(timeout);
         loop {
             if let Some(status) = self.child.try_wait()? {
                 // Drain what is left (until end of output or a quiet 100 ms).
