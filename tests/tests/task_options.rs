@@ -123,6 +123,7 @@ fn cgroup_and_limits(agent: &mut Agent) -> Result<()> {
             cgroup_paths(&text)
         );
     }
+    let mut scope = None;
     for pid in &pids {
         let text = read_trim(std::path::Path::new(&format!("/proc/{pid}/cgroup")))?;
         let paths = cgroup_paths(&text);
@@ -132,6 +133,7 @@ fn cgroup_and_limits(agent: &mut Agent) -> Result<()> {
                 p.ends_with(&format!("/{alloc}.{TASK}.scope")),
                 "pid {pid} is in cgroup {p:?}, not Nomad's task scope:\n{text}"
             );
+            scope = Some(PathBuf::from(format!("/sys/fs/cgroup{p}")));
             continue;
         }
         for ctrl in V1_CONTROLLERS {
@@ -156,25 +158,7 @@ fn cgroup_and_limits(agent: &mut Agent) -> Result<()> {
             paths.get("cpuset")
         );
     }
-    if !host_is_cgroup_v2() {
-        let mem = read_trim(&v1_task_cgroup("memory", &alloc, TASK).join("memory.limit_in_bytes"))?;
-        ensure!(
-            mem == (48u64 << 20).to_string(),
-            "memory.limit_in_bytes = {mem}, expected 48 MiB = {}",
-            48u64 << 20
-        );
-        let shares = read_trim(&v1_task_cgroup("cpu", &alloc, TASK).join("cpu.shares"))?;
-        ensure!(
-            shares == "100",
-            "cpu.shares = {shares}, expected 100 (cpu = 100)"
-        );
-        println!("memory.limit_in_bytes = {mem}, cpu.shares = {shares}");
-        let list = read_trim(&v1_task_cgroup("devices", &alloc, TASK).join("devices.list"))?;
-        ensure!(
-            list.lines().any(|l| l == "c 1:3 rwm") && !list.lines().any(|l| l.starts_with("a ")),
-            "devices.list does not deny by default with /dev/null allowed:\n{list}"
-        );
-    }
+    limits_and_devices(&alloc, scope.as_deref())?;
     let adj = read_trim(std::path::Path::new(&format!("/proc/{main}/oom_score_adj")))?;
     ensure!(
         adj == "300",
@@ -194,6 +178,74 @@ fn cgroup_and_limits(agent: &mut Agent) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// The limits Nomad asked for (48 MiB, cpu = 100) in the task's cgroups (`scope`: its v2 scope,
+/// `None` on v1), and its device rules enforced.
+fn limits_and_devices(alloc: &str, scope: Option<&std::path::Path>) -> Result<()> {
+    if !host_is_cgroup_v2() {
+        let mem = read_trim(&v1_task_cgroup("memory", alloc, TASK).join("memory.limit_in_bytes"))?;
+        ensure!(
+            mem == (48u64 << 20).to_string(),
+            "memory.limit_in_bytes = {mem}, expected 48 MiB = {}",
+            48u64 << 20
+        );
+        let shares = read_trim(&v1_task_cgroup("cpu", alloc, TASK).join("cpu.shares"))?;
+        ensure!(
+            shares == "100",
+            "cpu.shares = {shares}, expected 100 (cpu = 100)"
+        );
+        println!("memory.limit_in_bytes = {mem}, cpu.shares = {shares}");
+        let list = read_trim(&v1_task_cgroup("devices", alloc, TASK).join("devices.list"))?;
+        ensure!(
+            list.lines().any(|l| l == "c 1:3 rwm") && !list.lines().any(|l| l.starts_with("a ")),
+            "devices.list does not deny by default with /dev/null allowed:\n{list}"
+        );
+    }
+    if let Some(scope) = scope {
+        let max = read_trim(&scope.join("memory.max"))?;
+        ensure!(
+            max == (48u64 << 20).to_string(),
+            "memory.max of {} = {max}, expected 48 MiB = {}",
+            scope.display(),
+            48u64 << 20
+        );
+        println!("memory.max = {max}");
+    }
+    // Device control, seen from a process of ours put in the task's cgroup the way the task's
+    // are (v2: the scope, where the driver attached its device program; v1: the driver's devices
+    // cgroup): a device outside the task's rules is refused even to root.
+    let join = match scope {
+        Some(scope) => scope.join("cgroup.procs"),
+        None => v1_task_cgroup("devices", alloc, TASK).join("tasks"),
+    };
+    let refused = device_refused_in(&join, "/dev/console")?;
+    ensure!(
+        refused,
+        "a process in the task's cgroup ({}) could open /dev/console: device rules not enforced",
+        join.display()
+    );
+    Ok(())
+}
+
+/// Whether `sh` run in the cgroup joined through `join` (by writing "0" to it before the exec)
+/// is refused opening `node` with EPERM.
+fn device_refused_in(join: &std::path::Path, node: &str) -> Result<bool> {
+    use std::os::unix::process::CommandExt as _;
+    let join = join.to_path_buf();
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.args(["-c", &format!(": < {node}")]);
+    // SAFETY: runs in the forked child before exec; one open and one write.
+    unsafe {
+        cmd.pre_exec(move || std::fs::write(&join, "0"));
+    }
+    let out = cmd.output().context("running sh in the task's cgroup")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!(
+        "opening {node} in the task's cgroup: {} {stderr}",
+        out.status
+    );
+    Ok(!out.status.success() && stderr.contains("not permitted"))
 }
 
 /// Runs a batch job with `resources { memory = 32 }` whose `config` is `config`, expects it to

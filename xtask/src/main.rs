@@ -1,6 +1,7 @@
 //! `cargo xtask`: project automation. Subcommands: setup (tool cache), env (paths for scripts
 //! and the e2e suite), build (driver + plugin dir), test (the full CI gate), demo, bench,
-//! dashboards (the Grafana dashboards and Prometheus rules in `dashboards/`).
+//! dashboards (the Grafana dashboards and Prometheus rules in `dashboards/`), vm-test (the suites
+//! inside QEMU guests: cgroup v2, other kernels).
 //! Arguments are parsed by hand; every child process runs without stdin so CI behaves the same.
 
 mod bench;
@@ -12,6 +13,7 @@ mod setup;
 mod test;
 mod tools;
 mod util;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -27,8 +29,9 @@ commands:
   env [--export] [--release] print NOMAD_BIN, NOMAD_VERSION, DRIVER_BIN, PLUGIN_DIR, BPF_LINKER,
                              JAEGER_BIN, PROMETHEUS_BIN, PROMTOOL_BIN, ...
   build [--release]          build nomad-driver-bpfexec (bpf-linker on PATH) and refresh PLUGIN_DIR
-  test [--e2e-only|--no-e2e] [-- <test args>]
-                             setup, fmt, clippy, unit + privileged tests, build, e2e suite
+  test [--e2e-only|--no-e2e|--no-vm] [-- <test args>]
+                             setup, fmt, clippy, unit + privileged tests, build, e2e suite,
+                             vm-test
   demo [--once] [--release]  start a Nomad agent with the driver on loopback, run examples/*.nomad.hcl
                              and report; keeps running until Ctrl-C unless --once
   dashboards [--check]       write dashboards/ (Grafana dashboards, Prometheus rules, promtool
@@ -40,6 +43,12 @@ commands:
                              memory per task, eBPF probe cost on an exec storm, probe events/s
                              sustained with zero loss; 0 skips a measurement; writes
                              target/bench/results.{json,md}
+  vm-test [--full] [--v2-only|--6.1-only] [--start-time]
+                             boot QEMU guests (installed into the cache): privileged tests and
+                             an e2e subset with a real Nomad client on a cgroup-v2-only 6.12
+                             kernel (--full: every check of those suites), probe tests on
+                             Debian 12's 6.1; --start-time: start time on cgroup v1 vs v2
+                             in one kernel; results in target/vm-test/
 ";
 
 fn main() -> ExitCode {
@@ -66,6 +75,7 @@ fn dispatch(args: &[String]) -> Result<()> {
         "demo" => demo::run(rest),
         "bench" => bench::run(rest),
         "dashboards" => dashboards::run(rest),
+        "vm-test" => vm::run(rest),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())

@@ -10,6 +10,7 @@ mod jaeger;
 mod nomad;
 mod prometheus;
 mod rust;
+pub mod vm;
 
 pub use jaeger::installed as installed_jaeger;
 pub use nomad::installed as installed_nomad;

@@ -1,5 +1,6 @@
 //! `cargo xtask test`: the whole CI gate, in order: setup, fmt, clippy, unit + privileged driver
-//! tests, driver build, then the e2e suite against a real Nomad agent. Stops at the first failing
+//! tests, driver build, the e2e suite against a real Nomad agent, then `vm-test` (the privileged
+//! tests and an e2e subset in QEMU guests: cgroup v2 only, and Debian 12's 6.1 kernel). Stops at the first failing
 //! step; prints a banner per step and a summary with durations. In CI the tests must run as root
 //! (privileged tests are never skipped silently there).
 
@@ -17,6 +18,8 @@ use crate::util;
 struct Options {
     e2e: bool,
     non_e2e: bool,
+    /// The VM guests (off with --no-vm, --e2e-only or --no-e2e).
+    vm: bool,
     /// Passed to the test binaries after `--` (a name filter, `--nocapture`, ...).
     test_args: Vec<String>,
 }
@@ -25,16 +28,24 @@ fn parse(args: &[String]) -> Result<Options> {
     let mut opts = Options {
         e2e: true,
         non_e2e: true,
+        vm: true,
         test_args: Vec::new(),
     };
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         match arg.as_str() {
-            "--e2e-only" => opts.non_e2e = false,
-            "--no-e2e" => opts.e2e = false,
+            "--e2e-only" => {
+                opts.non_e2e = false;
+                opts.vm = false;
+            }
+            "--no-e2e" => {
+                opts.e2e = false;
+                opts.vm = false;
+            }
+            "--no-vm" => opts.vm = false,
             "--" => opts.test_args.extend(iter.by_ref().cloned()),
             other => bail!(
-                "unknown `test` option `{other}` (expected --e2e-only, --no-e2e, -- <test args>)"
+                "unknown `test` option `{other}` (expected --e2e-only, --no-e2e, --no-vm, -- <test args>)"
             ),
         }
     }
@@ -119,6 +130,13 @@ pub fn run(args: &[String]) -> Result<()> {
             "e2e tests",
             "cargo test --no-fail-fast -p bpfexec-e2e -- --test-threads=2".into(),
             Box::new(move || run_e2e(&test_args)),
+        ));
+    }
+    if opts.vm {
+        steps.push((
+            "vm tests",
+            "cargo xtask vm-test (cgroup-v2 guest on 6.12, probe tests on 6.1)".into(),
+            Box::new(|| crate::vm::run(&[])),
         ));
     }
     run_steps(steps)
