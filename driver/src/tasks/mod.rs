@@ -255,7 +255,10 @@ impl TaskManager {
             // v2: the task's process is created inside its scope (see supervisor::clone_into),
             // unless filesystem images must be staged first: their loop devices are set up
             // before the process enters the scope, whose device program would refuse them.
-            let stages_images = spec.sandbox.as_ref().is_some_and(|sb| !sb.images.is_empty());
+            let stages_images = spec
+                .sandbox
+                .as_ref()
+                .is_some_and(|sb| !sb.images.is_empty());
             if override_join.is_none() && !stages_images {
                 spec.cgroup_into = cg.v2_scope().map(std::path::Path::to_path_buf);
             }
