@@ -117,7 +117,8 @@ impl Task {
 
 /// Fails the start when a cgroup directory Nomad should have made for the task is missing: the
 /// task would run without that directory's limits.
-fn require_dirs(cg: &TaskCgroups, task: &str) -> Result<(), DriverError> {
+fn require_dirs(cg: Option<&TaskCgroups>, task: &str) -> Result<(), DriverError> {
+    let Some(cg) = cg else { return Ok(()) };
     let missing = cg.missing_dirs();
     if missing.is_empty() {
         return Ok(());
@@ -136,6 +137,23 @@ fn require_dirs(cg: &TaskCgroups, task: &str) -> Result<(), DriverError> {
         ),
         recoverable: true,
     })
+}
+
+/// v2: the scope the task's process is created in (see `supervisor::clone_into`). None on v1,
+/// with a cgroup override, or when filesystem images must be staged first: their loop devices
+/// are set up before the process enters its cgroup, whose device program would refuse them.
+fn clone_target(
+    cg: &TaskCgroups,
+    spec: &crate::supervisor::spec::LaunchSpec,
+    overridden: bool,
+) -> Option<std::path::PathBuf> {
+    let stages_images = spec
+        .sandbox
+        .as_ref()
+        .is_some_and(|sb| !sb.images.is_empty());
+    (!overridden && !stages_images)
+        .then(|| cg.v2_scope().map(std::path::Path::to_path_buf))
+        .flatten()
 }
 
 /// What the plugin needs from its configuration to start tasks.
@@ -236,9 +254,7 @@ impl TaskManager {
                 maps_dir,
                 key: TaskKey::from_task_id(&cfg.id).get(),
             });
-        if let Some(cg) = &cgroups {
-            require_dirs(cg, &cfg.id)?;
-        }
+        require_dirs(cgroups.as_ref(), &cfg.id)?;
         let memory =
             cgsetup::apply_limits(&cfg, &task_cfg, cgroups.as_ref(), override_join.is_some())?;
         if let Some(sb) = &spec.sandbox {
@@ -252,16 +268,7 @@ impl TaskManager {
         if let Some(cg) = &mut cgroups {
             cgsetup::own_cgroups(ctx, &cfg, &task_cfg, cg, memory).await?;
             spec.cgroup_join = cg.join_files();
-            // v2: the task's process is created inside its scope (see supervisor::clone_into),
-            // unless filesystem images must be staged first: their loop devices are set up
-            // before the process enters the scope, whose device program would refuse them.
-            let stages_images = spec
-                .sandbox
-                .as_ref()
-                .is_some_and(|sb| !sb.images.is_empty());
-            if override_join.is_none() && !stages_images {
-                spec.cgroup_into = cg.v2_scope().map(std::path::Path::to_path_buf);
-            }
+            spec.cgroup_into = clone_target(cg, &spec, override_join.is_some());
         }
         let oom_kills_before = cgroups.as_ref().and_then(limits::oom_kills).unwrap_or(0);
         let pids_hits_before = cgroups
