@@ -35,7 +35,10 @@ fn optional<V>(r: Result<V, MapError>) -> Result<Option<V>, MapError> {
 /// Removing a missing key is not an error.
 fn removed(r: Result<(), MapError>) -> Result<(), MapError> {
     match r {
+        // aya reports a delete of a missing key as the syscall's ENOENT: the probes removed
+        // the entry themselves (the process exited) between our listing and the delete.
         Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         other => other,
     }
 }
