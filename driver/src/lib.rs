@@ -2,6 +2,7 @@
 
 pub mod base;
 pub mod cgroups;
+pub mod collect;
 pub mod config;
 pub mod errors;
 pub mod fingerprint;
@@ -20,3 +21,4 @@ pub mod signals;
 pub mod stats;
 pub mod supervisor;
 pub mod tasks;
+pub mod telemetry;

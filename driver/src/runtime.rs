@@ -12,6 +12,7 @@ use crate::config::plugin::PluginConfig;
 use crate::errors::DriverError;
 use crate::probes::ProbeSet;
 use crate::tasks::{StartContext, TaskManager};
+use crate::telemetry::Telemetry;
 
 /// CPU capacity figures used to express usage in MHz, from Nomad's client topology.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -62,6 +63,11 @@ pub struct Configured {
 pub struct Runtime {
     pub tasks: TaskManager,
     pub events: broadcast::Sender<drivers::DriverTaskEvent>,
+    /// The fact bus and its sinks (Nomad task events, metrics, traces).
+    pub telemetry: Arc<Telemetry>,
+    /// The last probe run-time and map-fill reading (taken by the telemetry collector).
+    probe_stats: std::sync::Mutex<Option<crate::probes::ProbeStats>>,
+    collector_started: std::sync::atomic::AtomicBool,
     configured: RwLock<Option<Configured>>,
     probes: tokio::sync::RwLock<ProbeState>,
     pub cgroup_mode: Option<CgroupMode>,
@@ -70,14 +76,23 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// Must be called inside a tokio runtime (the telemetry sinks start at once).
     pub fn new() -> Arc<Self> {
         let (events, _) = broadcast::channel(256);
+        let cgroup_mode = cgroups::detect_mode(std::path::Path::new(cgroups::DEFAULT_ROOT)).ok();
+        let telemetry = Telemetry::start(
+            events.clone(),
+            cgroup_mode.map_or("none", CgroupMode::as_str),
+        );
         Arc::new(Self {
-            tasks: TaskManager::new(events.clone()),
+            tasks: TaskManager::new(Arc::clone(&telemetry)),
             events,
+            telemetry,
+            probe_stats: std::sync::Mutex::new(None),
+            collector_started: std::sync::atomic::AtomicBool::new(false),
             configured: RwLock::new(None),
             probes: tokio::sync::RwLock::new(ProbeState::NotLoaded),
-            cgroup_mode: cgroups::detect_mode(std::path::Path::new(cgroups::DEFAULT_ROOT)).ok(),
+            cgroup_mode,
             http_started: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -90,14 +105,29 @@ impl Runtime {
             .ok_or(DriverError::NotConfigured)
     }
 
-    /// SetConfig from the real agent (with `nomad_config`): remember it and load the probes.
-    /// Calls without `nomad_config` (Nomad's validation launches) only validate.
+    /// SetConfig from the real agent (with `nomad_config`): remember it, load the probes and
+    /// start the telemetry. Calls without `nomad_config` (Nomad's validation launches) only
+    /// validate.
     pub async fn configure(
-        &self,
+        self: &Arc<Self>,
         plugin: PluginConfig,
         nomad: Option<&base::NomadConfig>,
     ) -> Result<(), DriverError> {
         let Some(nomad) = nomad else { return Ok(()) };
+        self.telemetry
+            .metrics
+            .set_retention(plugin.metrics_retention);
+        if let Some(otlp) = plugin.otlp.clone()
+            && let Err(e) = self.telemetry.enable_traces(otlp)
+        {
+            tracing::warn!(error = %e, "trace export is off");
+        }
+        if !self
+            .collector_started
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            tokio::spawn(crate::collect::collect(Arc::downgrade(self)));
+        }
         let compute =
             Compute::from_topology(nomad.driver.as_ref().and_then(|d| d.topology.as_ref()));
         let pins = crate::probes::ProbeOptions {
@@ -138,7 +168,11 @@ impl Runtime {
                     escape_check_ns: u64::try_from(escape_check.as_nanos()).unwrap_or(u64::MAX),
                     ..crate::observer::ObserverConfig::default()
                 };
-                let observer = crate::observer::Observer::start(Arc::clone(&set), config);
+                let observer = crate::observer::Observer::start(
+                    Arc::clone(&set),
+                    config,
+                    Arc::clone(&self.telemetry.bus),
+                );
                 observer.add_driver_pid(std::process::id());
                 self.tasks.observation.attach(observer);
                 ProbeState::Loaded(set)
@@ -148,6 +182,29 @@ impl Runtime {
                 ProbeState::Failed(e.to_string())
             }
         };
+    }
+
+    /// The loaded probes, if any.
+    pub async fn probe_set(&self) -> Option<Arc<ProbeSet>> {
+        match &*self.probes.read().await {
+            ProbeState::Loaded(set) => Some(Arc::clone(set)),
+            _ => None,
+        }
+    }
+
+    /// The last probe statistics the collector read.
+    pub fn probe_stats(&self) -> Option<crate::probes::ProbeStats> {
+        self.probe_stats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn set_probe_stats(&self, stats: crate::probes::ProbeStats) {
+        *self
+            .probe_stats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(stats);
     }
 
     /// A summary of the probes for the fingerprint: (status word, attached list, error).

@@ -147,7 +147,7 @@ impl Driver for DriverService {
         let state = self
             .rt
             .tasks
-            .start(&ctx, cfg.clone())
+            .start(&ctx, cfg.clone(), received)
             .await
             .inspect_err(|e| {
                 tracing::warn!(task_id = %cfg.id, error = %e, "task did not start");

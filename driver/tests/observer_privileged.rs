@@ -140,7 +140,11 @@ async fn tree_and_signal_provenance() {
     let pins = PinRoot::new("tree");
     let probes = pins.load();
     println!("pinning: {:?}", probes.pinning());
-    let observer = Observer::start(Arc::clone(&probes), ObserverConfig::default());
+    let observer = Observer::start(
+        Arc::clone(&probes),
+        ObserverConfig::default(),
+        bpfexec_driver::telemetry::FactBus::new(),
+    );
     let tmp = tempfile::tempdir().unwrap();
     let mut reaper = Reaper::default();
 
@@ -403,7 +407,11 @@ async fn memory_cgroup_oom_kills() {
     let _serial = SERIAL.lock().await;
     let pins = PinRoot::new("oom");
     let probes = pins.load();
-    let observer = Observer::start(Arc::clone(&probes), ObserverConfig::default());
+    let observer = Observer::start(
+        Arc::clone(&probes),
+        ObserverConfig::default(),
+        bpfexec_driver::telemetry::FactBus::new(),
+    );
     let mut notices = observer.notices();
 
     // A. The main process is the victim.
@@ -514,7 +522,11 @@ async fn pinned_state_survives_a_driver_restart() {
 
     // Driver 1 starts the task: sh runs four sleeps one after the other.
     let probes = pin_root.load();
-    let observer = Observer::start(Arc::clone(&probes), ObserverConfig::default());
+    let observer = Observer::start(
+        Arc::clone(&probes),
+        ObserverConfig::default(),
+        bpfexec_driver::telemetry::FactBus::new(),
+    );
     let (main, stdin) = spawn_gated("sleep 1001; sleep 1002; sleep 1003; sleep 1004");
     let main_pid = main.id();
     reaper.0.push(main_pid);
@@ -584,7 +596,11 @@ async fn pinned_state_survives_a_driver_restart() {
     };
     assert!(reason.contains("another bpfexec driver"), "{reason}");
     drop(intruder);
-    let observer = Observer::start(Arc::clone(&probes), ObserverConfig::default());
+    let observer = Observer::start(
+        Arc::clone(&probes),
+        ObserverConfig::default(),
+        bpfexec_driver::telemetry::FactBus::new(),
+    );
     let report = observer.recover(k, m.clone()).unwrap();
     println!("recover: {report:?}");
     assert!(report.kernel_facts_reused && report.main_alive);
@@ -622,7 +638,11 @@ async fn pinned_state_survives_a_driver_restart() {
 
     // Driver 3 learns the true reason from the pinned state.
     let probes = pin_root.load();
-    let observer = Observer::start(Arc::clone(&probes), ObserverConfig::default());
+    let observer = Observer::start(
+        Arc::clone(&probes),
+        ObserverConfig::default(),
+        bpfexec_driver::telemetry::FactBus::new(),
+    );
     let report = observer.recover(k, m).unwrap();
     println!("recover after exit: {report:?}");
     assert!(!report.main_alive && report.kernel_facts_reused);

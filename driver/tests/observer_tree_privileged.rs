@@ -200,7 +200,11 @@ async fn tree_matches_ps_and_nothing_is_lost() {
     let probes = Arc::new(
         ProbeSet::load_with(&ProbeOptions::pinned_at(&pins.0)).expect("loading the probes"),
     );
-    let observer = Observer::start(Arc::clone(&probes), ObserverConfig::default());
+    let observer = Observer::start(
+        Arc::clone(&probes),
+        ObserverConfig::default(),
+        bpfexec_driver::telemetry::FactBus::new(),
+    );
     let mut reaper = Reaper::default();
 
     // Main sh → level-1 sh → level-2 sh → sleep; each shell waits for its child (`; :` keeps

@@ -80,6 +80,11 @@ pub struct PluginConfig {
     pub journald_socket: PathBuf,
     /// Ephemeral users (`ephemeral_uid_range`, `default_ephemeral_user`); None: off.
     pub ephemeral: Option<EphemeralUsers>,
+    /// How long a destroyed task's metric series stay.
+    pub metrics_retention: std::time::Duration,
+    /// OTLP trace export (the `otlp` block, else the `OTEL_EXPORTER_OTLP_*` environment); None:
+    /// off.
+    pub otlp: Option<crate::telemetry::traces::OtlpConfig>,
 }
 
 /// The plugin's ephemeral-user settings.
@@ -122,6 +127,8 @@ impl Default for PluginConfig {
             ),
             journald_socket: PathBuf::from(DEFAULT_JOURNALD_SOCKET),
             ephemeral: None,
+            metrics_retention: crate::telemetry::metrics::DEFAULT_RETENTION,
+            otlp: None,
         }
     }
 }
@@ -146,13 +153,25 @@ struct Raw {
     journald_socket: Option<String>,
     ephemeral_uid_range: Option<String>,
     default_ephemeral_user: Option<bool>,
+    metrics_retention: Option<String>,
+    otlp: Option<crate::telemetry::traces::RawOtlp>,
 }
 
 impl PluginConfig {
-    /// Decodes and validates; empty bytes (no config block) give the defaults.
+    /// Decodes and validates; empty bytes (no config block) give the defaults. OTLP settings may
+    /// also come from the process environment (`OTEL_EXPORTER_OTLP_*`).
     pub fn decode(msgpack: &[u8]) -> Result<Self, ConfigError> {
+        Self::decode_with_env(msgpack, &|k| std::env::var(k).ok())
+    }
+
+    /// [`PluginConfig::decode`] with the environment looked up through `env`.
+    pub fn decode_with_env(
+        msgpack: &[u8],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let mut cfg = Self::default();
         if msgpack.is_empty() {
+            cfg.otlp = crate::telemetry::traces::OtlpConfig::resolve(None, env)?;
             return Ok(cfg);
         }
         let raw: Raw = super::decode_msgpack(msgpack, "plugin config")?;
@@ -232,6 +251,10 @@ impl PluginConfig {
             raw.default_ephemeral_user,
             &cfg.denied_host_uids,
         )?;
+        if let Some(keep) = raw.metrics_retention.filter(|e| !e.is_empty()) {
+            cfg.metrics_retention = super::duration::parse("metrics_retention", &keep)?;
+        }
+        cfg.otlp = crate::telemetry::traces::OtlpConfig::resolve(raw.otlp, env)?;
         cfg.no_pivot_root = raw.no_pivot_root.unwrap_or(false);
         cfg.allow_unisolated = raw.allow_unisolated.unwrap_or(false);
         cfg.allow_unrestricted_devices = raw.allow_unrestricted_devices.unwrap_or(false);
@@ -312,9 +335,14 @@ mod tests {
     use crate::config::test_support::enc;
     use rmpv::Value;
 
+    /// Decodes without looking at this process's environment.
+    fn decode(bytes: &[u8]) -> Result<PluginConfig, ConfigError> {
+        PluginConfig::decode_with_env(bytes, &|_| None)
+    }
+
     #[test]
     fn empty_config_gives_exec_defaults() {
-        let cfg = PluginConfig::decode(&[]).expect("decode");
+        let cfg = decode(&[]).expect("decode");
         assert_eq!(cfg, PluginConfig::default());
         assert_eq!(cfg.default_pid_mode, NsMode::Private);
         assert!(cfg.allow_caps.contains(&"CHOWN".to_owned()));
@@ -334,10 +362,7 @@ mod tests {
             ("allow_caps", Value::Nil),
             ("no_pivot_root", Value::Nil),
         ]);
-        assert_eq!(
-            PluginConfig::decode(&nulls).expect("decode"),
-            PluginConfig::default()
-        );
+        assert_eq!(decode(&nulls).expect("decode"), PluginConfig::default());
         let set = enc(vec![
             ("state_dir", "/tmp/x".into()),
             ("default_pid_mode", "host".into()),
@@ -360,7 +385,7 @@ mod tests {
             ("ephemeral_uid_range", "70000-70009".into()),
             ("default_ephemeral_user", true.into()),
         ]);
-        let cfg = PluginConfig::decode(&set).expect("decode");
+        let cfg = decode(&set).expect("decode");
         assert_eq!(
             cfg.escape_check_interval,
             std::time::Duration::from_millis(500)
@@ -395,6 +420,42 @@ mod tests {
     }
 
     #[test]
+    fn otlp_block_and_environment() {
+        let set = enc(vec![
+            ("metrics_retention", "30s".into()),
+            (
+                "otlp",
+                Value::Map(vec![
+                    ("endpoint".into(), "http://127.0.0.1:4318".into()),
+                    ("protocol".into(), "http/protobuf".into()),
+                    ("headers".into(), Value::Nil),
+                    ("timeout".into(), Value::Nil),
+                    ("max_process_spans".into(), 50.into()),
+                ]),
+            ),
+        ]);
+        let cfg = PluginConfig::decode_with_env(&set, &|_| None).expect("decode");
+        assert_eq!(cfg.metrics_retention, std::time::Duration::from_secs(30));
+        let otlp = cfg.otlp.expect("on");
+        assert_eq!(otlp.endpoint, "http://127.0.0.1:4318/v1/traces");
+        assert_eq!(otlp.max_process_spans, 50);
+        let env =
+            |k: &str| (k == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "http://c:4317".to_owned());
+        let cfg = PluginConfig::decode_with_env(&[], &env).expect("decode");
+        assert_eq!(
+            cfg.otlp.expect("on from the environment").endpoint,
+            "http://c:4317"
+        );
+        let none = enc(vec![("otlp", Value::Nil)]);
+        assert!(
+            PluginConfig::decode_with_env(&none, &|_| None)
+                .expect("decode")
+                .otlp
+                .is_none()
+        );
+    }
+
+    #[test]
     fn invalid_values_name_the_field() {
         for (field, value) in [
             ("state_dir", Value::from("relative/dir")),
@@ -408,12 +469,17 @@ mod tests {
             ("ephemeral_uid_range", Value::from("0-100")),
             ("ephemeral_uid_range", Value::from("70000")),
             ("default_ephemeral_user", Value::from(true)),
+            ("metrics_retention", Value::from("a while")),
+            (
+                "otlp",
+                Value::Map(vec![("endpoint".into(), "localhost:4317".into())]),
+            ),
             (
                 "chroot_env",
                 Value::Map(vec![("usr".into(), "/usr".into())]),
             ),
         ] {
-            let err = PluginConfig::decode(&enc(vec![(field, value)]))
+            let err = PluginConfig::decode_with_env(&enc(vec![(field, value)]), &|_| None)
                 .expect_err("must fail")
                 .to_string();
             assert!(err.contains(field), "{field}: {err}");

@@ -152,6 +152,26 @@ pub fn plugin_schema() -> Spec {
             "default_ephemeral_user",
             with_default("default_ephemeral_user", "bool", "false"),
         ),
+        (
+            "metrics_retention",
+            attr("metrics_retention", "string", false),
+        ),
+        (
+            "otlp",
+            block(
+                "otlp",
+                object(vec![
+                    ("endpoint", attr("endpoint", "string", false)),
+                    ("protocol", attr("protocol", "string", false)),
+                    ("headers", attr("headers", "map(string)", false)),
+                    ("timeout", attr("timeout", "string", false)),
+                    (
+                        "max_process_spans",
+                        attr("max_process_spans", "number", false),
+                    ),
+                ]),
+            ),
+        ),
     ])
 }
 

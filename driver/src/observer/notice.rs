@@ -11,6 +11,7 @@ use super::key::{TaskKey, TaskMeta};
 use super::memcg::OomScope;
 use super::reason::{Sender, SenderClass, describe_sender, insert_sender, scope_text};
 use super::signals::{code_description, signal_name};
+use crate::telemetry::fact::Fact;
 
 /// Notices a task may emit in a burst.
 const BURST: u32 = 20;
@@ -46,6 +47,44 @@ impl Notice {
     }
 }
 
+impl From<Notice> for Fact {
+    fn from(n: Notice) -> Self {
+        Fact::Notice {
+            key: n.task_key,
+            task_id: n.task_id,
+            alloc_id: n.alloc_id,
+            task_name: n.task_name,
+            message: n.message,
+            annotations: n.annotations,
+        }
+    }
+}
+
+impl Notice {
+    /// The notice a fact carries, if it is one.
+    #[must_use]
+    pub fn from_fact(f: &Fact) -> Option<Self> {
+        match f {
+            Fact::Notice {
+                key,
+                task_id,
+                alloc_id,
+                task_name,
+                message,
+                annotations,
+            } => Some(Self {
+                task_key: *key,
+                task_id: task_id.clone(),
+                alloc_id: alloc_id.clone(),
+                task_name: task_name.clone(),
+                message: message.clone(),
+                annotations: annotations.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// A signal to a task process, held until we know whether the target died of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PendingSignal {
@@ -56,6 +95,8 @@ pub struct PendingSignal {
     pub sig: i32,
     pub sender: Sender,
     pub fatal: bool,
+    /// A notice is due for it (otherwise it is held only to learn whether it was fatal).
+    pub notify: bool,
 }
 
 impl PendingSignal {
@@ -182,6 +223,7 @@ mod tests {
             sig,
             sender: sender(class, code),
             fatal,
+            notify: true,
         }
     }
 

@@ -60,6 +60,16 @@ pub fn is_quiet(sig: i32) -> bool {
     )
 }
 
+/// Signals whose default action ends the process (the stop and ignore-by-default ones do not).
+#[must_use]
+pub fn may_terminate(sig: i32) -> bool {
+    !is_quiet(sig)
+        && !matches!(
+            sig,
+            libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+        )
+}
+
 /// Signals the kernel raises for a crash of the receiving process.
 #[must_use]
 pub fn is_crash(sig: i32) -> bool {

@@ -404,7 +404,12 @@ fn existing_threads_are_registered() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let o = Observer::start_with(kernel.clone(), w.sources(), ObserverConfig::default());
+        let o = Observer::start_with(
+            kernel.clone(),
+            w.sources(),
+            ObserverConfig::default(),
+            crate::telemetry::FactBus::new(),
+        );
         o.track(KEY, meta("jvm", "alloc-1", 2000)).unwrap();
     });
     assert_eq!(kernel.threads.lock().unwrap().get(&2_000_001), Some(&2000));
@@ -565,7 +570,12 @@ async fn observer_tracks_recovers_and_forgets() {
     w.proc.add(101, 100, "sh", &["sh"], 8);
     w.proc.add(102, 101, "sleep", &["sleep", "9"], 9);
     let kernel = Arc::new(FakeKernel::default());
-    let o = Observer::start_with(kernel.clone(), w.sources(), ObserverConfig::default());
+    let o = Observer::start_with(
+        kernel.clone(),
+        w.sources(),
+        ObserverConfig::default(),
+        crate::telemetry::FactBus::new(),
+    );
     // A recycled PID is refused.
     let mut stale = meta("web", "alloc-1", 100);
     stale.main_start_time = 6;
@@ -605,7 +615,12 @@ async fn observer_tracks_recovers_and_forgets() {
     // one never read (the sleeper exited, then the main process was killed by kill-bot).
     drop(o);
     w.proc.remove(102);
-    let o = Observer::start_with(kernel.clone(), w.sources(), ObserverConfig::default());
+    let o = Observer::start_with(
+        kernel.clone(),
+        w.sources(),
+        ObserverConfig::default(),
+        crate::telemetry::FactBus::new(),
+    );
     let mut k = kernel.facts(KEY.0).unwrap().unwrap();
     k.signals[15] = SignalFact {
         ktime_ns: 2 * SEC,

@@ -109,5 +109,7 @@ async fn serve() -> Result<(), PluginError> {
         } => Ok(()),
     };
     let _ = std::fs::remove_file(&path);
+    // Spans of finished processes and runs still queued go out before the process ends.
+    rt.telemetry.shutdown().await;
     result.map_err(PluginError::from)
 }

@@ -41,6 +41,9 @@ const NEWTASK: Tracepoint = tp("task", "task_newtask", "task/task_newtask", true
 const SIGNAL: Tracepoint = tp("signal", "signal_generate", "signal/signal_generate", false);
 const OOM: Tracepoint = tp("oom", "mark_victim", "oom/mark_victim", false);
 
+/// The probe programs (named after their tracepoints).
+pub(super) const PROGRAMS: [&str; 5] = [EXEC.name, EXIT.name, NEWTASK.name, SIGNAL.name, OOM.name];
+
 const fn tp(
     category: &'static str,
     name: &'static str,

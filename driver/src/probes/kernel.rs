@@ -123,6 +123,42 @@ impl KernelMaps {
         optional(lock(&self.tracked).get(&pid, 0)).map_err(|e| ProbeError::map(MAP_TRACKED, e))
     }
 
+    /// Fill of the state maps: (map, entries, capacity), and the kernel id of `TRACKED` (the
+    /// programs that use it are ours). Iterates the maps' keys: call it seldom.
+    pub fn fill(&self) -> (Vec<(&'static str, u64, u64)>, Option<u32>) {
+        use aya::maps::IterableMap as _;
+        let mut out = Vec::new();
+        let tracked = lock(&self.tracked);
+        let info = tracked.map().info().ok();
+        let id = info.as_ref().map(aya::maps::MapInfo::id);
+        if let Some(i) = &info {
+            out.push((
+                "tracked",
+                tracked.keys().count() as u64,
+                u64::from(i.max_entries()),
+            ));
+        }
+        drop(tracked);
+        let threads = lock(&self.threads);
+        if let Ok(i) = threads.map().info() {
+            out.push((
+                "threads",
+                threads.keys().count() as u64,
+                u64::from(i.max_entries()),
+            ));
+        }
+        drop(threads);
+        let facts = lock(&self.facts);
+        if let Ok(i) = facts.map().info() {
+            out.push((
+                "facts",
+                facts.keys().count() as u64,
+                u64::from(i.max_entries()),
+            ));
+        }
+        (out, id)
+    }
+
     /// Every tracked process with its task.
     pub fn tracked(&self) -> Result<Vec<(u32, u64)>, ProbeError> {
         lock(&self.tracked)

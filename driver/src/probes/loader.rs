@@ -43,6 +43,16 @@ use super::{
 /// How many decoded events a subscriber may fall behind before it sees `RecvError::Lagged`.
 pub const EVENT_CHANNEL_CAPACITY: usize = 16_384;
 
+/// What [`ProbeSet::stats`] reports.
+#[derive(Clone, Debug, Default)]
+pub struct ProbeStats {
+    pub programs: std::collections::BTreeMap<&'static str, super::stats::ProgramRuns>,
+    /// (map, entries, capacity).
+    pub maps: Vec<(&'static str, u64, u64)>,
+    /// `kernel.bpf_stats_enabled` is 1.
+    pub stats_enabled: bool,
+}
+
 /// Maps pinned under `<pin root>/v<N>/maps/`.
 const PINNED_MAPS: [&str; 6] = [
     MAP_EVENTS,
@@ -129,6 +139,8 @@ pub struct ProbeSet {
     counters: Arc<Counters>,
     reader: JoinHandle<()>,
     tracefs: PathBuf,
+    /// Instruction tag -> program name, to find our programs among the loaded ones.
+    program_tags: Vec<(u64, &'static str)>,
 }
 
 impl ProbeSet {
@@ -191,6 +203,10 @@ impl ProbeSet {
         let maps = KernelMaps::take(&mut ebpf)?;
 
         let (attached, pinning) = attach_all(&mut ebpf, &layouts, pins.as_ref(), maps_reused)?;
+        let program_tags = super::attach::PROGRAMS
+            .iter()
+            .filter_map(|name| Some((ebpf.program(name)?.info().ok()?.tag(), *name)))
+            .collect();
         let pinning = pinning.unwrap_or(Pinning::Off { reason: off_reason });
 
         // SAFETY: the RingBuf owns its map's file descriptor (closed only when the RingBuf is
@@ -218,6 +234,7 @@ impl ProbeSet {
             counters,
             reader,
             tracefs,
+            program_tags,
         })
     }
 
@@ -252,6 +269,20 @@ impl ProbeSet {
     #[must_use]
     pub fn kernel(&self) -> &KernelMaps {
         &self.maps
+    }
+
+    /// Per program, how often it ran and for how long (zero unless the kernel accounts BPF run
+    /// time), and the fill of the state maps. Walks kernel objects: call it seldom.
+    pub fn stats(&self) -> ProbeStats {
+        let (maps, tracked_id) = self.maps.fill();
+        let programs = tracked_id
+            .map(|id| super::stats::program_runs(id, &self.program_tags))
+            .unwrap_or_default();
+        ProbeStats {
+            programs,
+            maps,
+            stats_enabled: super::stats::stats_enabled(),
+        }
     }
 
     /// Records the probes dropped because the ring buffer was full (summed over CPUs).

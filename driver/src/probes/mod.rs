@@ -10,9 +10,10 @@ pub mod kernel;
 pub mod layout;
 mod loader;
 pub mod pin;
+pub mod stats;
 pub mod tracefs;
 
 pub use error::ProbeError;
 pub use events::{DecodeError, ProcessEvent};
 pub use kernel::KernelMaps;
-pub use loader::{EVENT_CHANNEL_CAPACITY, Pinning, ProbeOptions, ProbeSet};
+pub use loader::{EVENT_CHANNEL_CAPACITY, Pinning, ProbeOptions, ProbeSet, ProbeStats};

@@ -17,7 +17,7 @@ mod watch;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bpfexec_proto::drivers;
 use tokio::sync::watch as tokio_watch;
@@ -28,10 +28,10 @@ use crate::config::plugin::PluginConfig;
 use crate::config::task::TaskConfig;
 use crate::errors::DriverError;
 use crate::isolation::plan;
-use crate::observer::TaskKey;
 use crate::procfs::{self, PidFd};
 use crate::supervisor::record::{self, task_state_dir};
-use crate::supervisor::spec::SelfTrack;
+use crate::supervisor::spec::LaunchSpec;
+use crate::telemetry::fact::MainProcess;
 use state::{DriverState, Outcome, STATE_VERSION};
 
 /// One task as the plugin sees it.
@@ -156,6 +156,19 @@ fn clone_target(
         .flatten()
 }
 
+/// The task's main process as launched, for the sinks.
+fn main_process(cfg: &drivers::TaskConfig, spec: &LaunchSpec, pid: u32) -> MainProcess {
+    MainProcess {
+        pid,
+        command: spec.program.display().to_string(),
+        args: spec.args.clone(),
+        user: spec
+            .identity
+            .as_ref()
+            .map_or_else(|| cfg.user.clone(), |i| i.user.clone()),
+    }
+}
+
 /// What the plugin needs from its configuration to start tasks.
 #[derive(Debug, Clone)]
 pub struct StartContext {
@@ -171,10 +184,10 @@ pub struct TaskManager {
 }
 
 impl TaskManager {
-    pub fn new(events: tokio::sync::broadcast::Sender<drivers::DriverTaskEvent>) -> Self {
+    pub fn new(telemetry: Arc<crate::telemetry::Telemetry>) -> Self {
         Self {
             tasks: Mutex::new(HashMap::new()),
-            observation: Arc::new(observe::Observation::new(events)),
+            observation: Arc::new(observe::Observation::new(telemetry)),
         }
     }
 
@@ -195,12 +208,13 @@ impl TaskManager {
         self.table().values().cloned().collect()
     }
 
-    /// StartTask: plans the isolation, applies cgroup limits, launches the supervisor and returns
-    /// the state to put in the handle.
+    /// StartTask (received at `received`): plans the isolation, applies cgroup limits, launches
+    /// the supervisor and returns the state to put in the handle.
     pub async fn start(
         &self,
         ctx: &StartContext,
         cfg: drivers::TaskConfig,
+        received: Instant,
     ) -> Result<DriverState, DriverError> {
         if let Ok(existing) = self.get(&cfg.id) {
             return Ok(existing.state.clone());
@@ -208,7 +222,7 @@ impl TaskManager {
         let task_cfg = TaskConfig::decode(&cfg.msgpack_driver_config)?;
         let ephemeral_id = ephemeral::for_task(ctx, &cfg, &task_cfg)?;
         let started = self
-            .start_task(ctx, cfg.clone(), &task_cfg, ephemeral_id)
+            .start_task(ctx, cfg.clone(), &task_cfg, ephemeral_id, received)
             .await;
         if started.is_err()
             && let Some(id) = ephemeral_id
@@ -224,6 +238,7 @@ impl TaskManager {
         cfg: drivers::TaskConfig,
         task_cfg: &TaskConfig,
         ephemeral_id: Option<u32>,
+        received: Instant,
     ) -> Result<DriverState, DriverError> {
         let task_cfg = task_cfg.clone();
         let override_join = cgsetup::override_join(ctx, &cfg, &task_cfg)?;
@@ -246,14 +261,8 @@ impl TaskManager {
             }),
             ephemeral_id,
         })?;
-        spec.self_track = self
-            .observation
-            .observer()
-            .and_then(|o| o.pinned_maps_dir())
-            .map(|maps_dir| SelfTrack {
-                maps_dir,
-                key: TaskKey::from_task_id(&cfg.id).get(),
-            });
+        spec.self_track = self.observation.self_track(&cfg.id);
+        let planned = Instant::now();
         require_dirs(cgroups.as_ref(), &cfg.id)?;
         let memory =
             cgsetup::apply_limits(&cfg, &task_cfg, cgroups.as_ref(), override_join.is_some())?;
@@ -276,6 +285,7 @@ impl TaskManager {
             .and_then(pidswatch::events_file)
             .and_then(|f| pidswatch::hits(&f))
             .unwrap_or(0);
+        let limited = Instant::now();
         let launched = match launch::launch(&dir, &spec).await {
             Ok(l) => l,
             Err(e) => {
@@ -307,6 +317,11 @@ impl TaskManager {
         tokio::spawn(async move {
             let _ = first_process.wait().await;
         });
+        self.observation.started(
+            &cfg,
+            main_process(&cfg, &spec, state.pid),
+            [received, planned, limited],
+        );
         if let Ok(supervisor) = PidFd::open(state.supervisor_pid, Some(state.supervisor_start_time))
         {
             let main = PidFd::open(state.pid, Some(state.start_time)).ok();
@@ -404,13 +419,13 @@ impl TaskManager {
             Ok(supervisor) => {
                 let main = PidFd::open(state.pid, Some(state.start_time)).ok();
                 tracing::info!(task_id = %id, pid = state.pid, "recovered running task");
-                self.observation.recover(&config, &state);
+                self.observation.recover(&config, &state, true);
                 self.insert(config, state, supervisor, main);
                 Ok(())
             }
             Err(_) => {
                 if let Some(outcome) = watch::read_outcome(&state.dir).map_err(recover_err)? {
-                    self.observation.recover(&config, &state);
+                    self.observation.recover(&config, &state, false);
                     let outcome = self.observation.explain_now(&config, &state, outcome);
                     self.observation.reap_leaks_now(&state);
                     tracing::info!(task_id = %id, exit_code = outcome.exit_code, "recovered task that exited while the plugin was away");
@@ -431,12 +446,12 @@ impl TaskManager {
         state: DriverState,
     ) -> Result<(), String> {
         if let Ok(main) = PidFd::open(state.pid, Some(state.start_time)) {
-            self.observation.recover(&config, &state);
+            self.observation.recover(&config, &state, true);
             let watched = PidFd::open(state.pid, Some(state.start_time)).ok();
             self.insert(config, state, main, watched);
             return Ok(());
         }
-        self.observation.recover(&config, &state);
+        self.observation.recover(&config, &state, false);
         let Some(outcome) = self.observation.explain_helper_death_now(&config, &state) else {
             return Err(format!(
                 "its supervisor (pid {}) is gone and left no exit record in {}, and the probes did not see how the task ended",
@@ -494,6 +509,7 @@ impl TaskManager {
         {
             ephemeral::release(state_dir, uid, id);
         }
+        self.observation.destroyed(&task.config);
         if let Some(cg) = &task.state.cgroups {
             devcg::remove_owned(id, cg).await;
         }

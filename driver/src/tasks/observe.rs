@@ -1,68 +1,28 @@
-//! Glue between the task table and the eBPF observer: register each task's main process, recover
-//! it after a restart, forget it at destroy, turn its end into Nomad's ExitResult plus a task
-//! event that says why (sender, OOM victim, exec failure), and kill what outlived it (leaks,
-//! reported as one task event). Without probes the wait status and the task cgroup's OOM counter
-//! still give an honest answer (and leaks are neither seen nor killed).
+//! Glue between the task table, the eBPF observer and the telemetry: register each task's main
+//! process, recover it after a restart, forget it at destroy, turn its end into Nomad's
+//! ExitResult plus the explained end (sender, OOM victim, exec failure) and kill what outlived it
+//! (leaks). Each step is published as a task fact (started, recovered, ended, destroyed) for the
+//! sinks (Nomad task events, metrics, traces). Without probes the wait status and the task
+//! cgroup's OOM counter still give an honest answer (and leaks are neither seen nor killed).
 
-use std::collections::BTreeMap;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bpfexec_proto::drivers;
-use tokio::sync::broadcast;
 
 use super::state::{DriverState, Outcome};
 use crate::observer::{ExitReason, MainExit, Observer, ObserverError, TaskKey, TaskMeta};
-
-/// How long after Nomad's WaitTask held events are delivered.
-const RELEASE_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+use crate::telemetry::Telemetry;
+use crate::telemetry::fact::{EndKind, Fact, MainProcess, StartPhases, TaskEnd, TaskIdentity};
 
 pub struct Observation {
     observer: OnceLock<Arc<Observer>>,
     /// Tasks whose main process had already ended when tracking began: the probes never saw
     /// their exit, so classifying them must not wait for it.
     untracked: Mutex<HashSet<String>>,
-    outbox: Arc<Outbox>,
-}
-
-/// The way to Nomad's TaskEvents stream. Nomad drops events for allocations it has not
-/// registered yet, which is the case while it restores them (RecoverTask), so events of a
-/// recovered task are held until Nomad waits on it again.
-struct Outbox {
-    events: broadcast::Sender<drivers::DriverTaskEvent>,
-    held: Mutex<std::collections::HashMap<String, Vec<drivers::DriverTaskEvent>>>,
-}
-
-impl Outbox {
-    fn send(&self, event: drivers::DriverTaskEvent) {
-        let mut held = self
-            .held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(queue) = held.get_mut(&event.task_id) {
-            queue.push(event);
-        } else {
-            let _ = self.events.send(event);
-        }
-    }
-}
-
-/// A Nomad task event for the TaskEvents stream.
-pub fn task_event(
-    task_id: &str,
-    alloc_id: &str,
-    task_name: &str,
-    message: String,
-    annotations: BTreeMap<String, String>,
-) -> drivers::DriverTaskEvent {
-    drivers::DriverTaskEvent {
-        task_id: task_id.to_owned(),
-        alloc_id: alloc_id.to_owned(),
-        task_name: task_name.to_owned(),
-        timestamp: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
-        message,
-        annotations: annotations.into_iter().collect(),
-    }
+    /// Where facts go (Nomad task events, metrics, traces).
+    pub telemetry: Arc<Telemetry>,
 }
 
 /// The main process's end as the observer sees it; None for a task whose status was lost.
@@ -97,74 +57,86 @@ fn meta(cfg: &drivers::TaskConfig, state: &DriverState) -> TaskMeta {
 }
 
 impl Observation {
-    pub fn new(events: broadcast::Sender<drivers::DriverTaskEvent>) -> Self {
+    pub fn new(telemetry: Arc<Telemetry>) -> Self {
         Self {
             observer: OnceLock::new(),
             untracked: Mutex::new(HashSet::new()),
-            outbox: Arc::new(Outbox {
-                events,
-                held: Mutex::new(std::collections::HashMap::new()),
-            }),
+            telemetry,
         }
     }
 
-    /// Installs the observer (once the probes are loaded) and forwards its notices as task events.
+    /// Installs the observer (once the probes are loaded); it publishes on the same fact bus.
     pub fn attach(&self, observer: Arc<Observer>) {
-        let mut notices = observer.notices();
-        let outbox = Arc::clone(&self.outbox);
-        tokio::spawn(async move {
-            loop {
-                match notices.recv().await {
-                    Ok(n) => {
-                        outbox.send(task_event(
-                            &n.task_id,
-                            &n.alloc_id,
-                            &n.task_name,
-                            n.message,
-                            n.annotations,
-                        ));
-                    }
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        tracing::warn!(missed, "observer notices dropped");
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                }
-            }
-        });
         let _ = self.observer.set(observer);
     }
 
-    /// Nomad waits on the task again (after recovery): deliver what was held, a moment later so
-    /// the restored allocation is registered for events by then. Returns when they will have
-    /// been sent, if any were held (a task that already ended must not be reported before
-    /// them: Nomad stops listening for its events once it knows the end).
+    /// Nomad waits on the task again (after recovery): its held task events go out. Returns
+    /// when they will have been sent, for a recovered task (one that already ended must not be
+    /// reported before them: Nomad stops listening for its events once it knows the end).
     pub fn release(&self, task_id: &str) -> Option<tokio::time::Instant> {
-        let pending = self
-            .outbox
-            .held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(task_id)
-            .is_some_and(|q| !q.is_empty());
-        let outbox = Arc::clone(&self.outbox);
-        let task_id = task_id.to_owned();
-        tokio::spawn(async move {
-            tokio::time::sleep(RELEASE_DELAY).await;
-            let queued = outbox
-                .held
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(&task_id);
-            for event in queued.unwrap_or_default() {
-                let _ = outbox.events.send(event);
-            }
-        });
-        pending.then(|| tokio::time::Instant::now() + RELEASE_DELAY * 2)
+        self.telemetry.nomad.release(task_id)
     }
 
-    /// Sends a task event (held, like the observer's, while a recovered task is not waited on).
-    pub fn send_event(&self, event: drivers::DriverTaskEvent) {
-        self.outbox.send(event);
+    /// StartTask succeeded: the run's first fact. `marks`: when StartTask was received, when
+    /// planning ended and when the cgroups were ready; the launch ended now.
+    pub fn started(&self, cfg: &drivers::TaskConfig, main: MainProcess, marks: [Instant; 3]) {
+        let [received, planned, limited] = marks;
+        let now = Instant::now();
+        self.telemetry.publish(Fact::Started {
+            task: Arc::new(TaskIdentity::of(cfg)),
+            at: SystemTime::now(),
+            start_duration: Some(now.duration_since(received)),
+            phases: StartPhases {
+                plan: planned.duration_since(received),
+                cgroups: limited.duration_since(planned),
+                launch: now.duration_since(limited),
+            },
+            main,
+        });
+    }
+
+    /// DestroyTask: the run's last fact.
+    pub fn destroyed(&self, cfg: &drivers::TaskConfig) {
+        self.telemetry.publish(Fact::Destroyed {
+            task: Arc::new(TaskIdentity::of(cfg)),
+        });
+    }
+
+    /// The task's pids controller refused `total` forks so far (its limit is `pids_max`).
+    pub fn pids_limit_hits(&self, cfg: &drivers::TaskConfig, pids_max: u64, total: u64) {
+        self.telemetry.publish(Fact::PidsLimit {
+            key: TaskKey::from_task_id(&cfg.id),
+            at: SystemTime::now(),
+            pids_max,
+            hits_total: total,
+        });
+    }
+
+    /// A live notice about the task for its Nomad task events (held, like the observer's, while
+    /// a recovered task is not waited on).
+    pub fn notice(
+        &self,
+        cfg: &drivers::TaskConfig,
+        message: String,
+        annotations: std::collections::BTreeMap<String, String>,
+    ) {
+        self.telemetry.publish(Fact::Notice {
+            key: TaskKey::from_task_id(&cfg.id),
+            task_id: cfg.id.clone(),
+            alloc_id: cfg.alloc_id.clone(),
+            task_name: cfg.name.clone(),
+            message,
+            annotations,
+        });
+    }
+
+    /// Where the task's process registers itself with the probes (pinned maps only).
+    pub fn self_track(&self, task_id: &str) -> Option<crate::supervisor::spec::SelfTrack> {
+        let maps_dir = self.observer()?.pinned_maps_dir()?;
+        Some(crate::supervisor::spec::SelfTrack {
+            maps_dir,
+            key: TaskKey::from_task_id(task_id).get(),
+        })
     }
 
     pub fn observer(&self) -> Option<&Arc<Observer>> {
@@ -201,17 +173,34 @@ impl Observation {
         }
     }
 
-    pub fn recover(&self, cfg: &drivers::TaskConfig, state: &DriverState) {
-        self.outbox
-            .held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(state.task_id.clone())
-            .or_default();
-        let Some(obs) = self.observer() else { return };
-        if let Err(e) = obs.recover(TaskKey::from_task_id(&state.task_id), meta(cfg, state)) {
-            tracing::warn!(task_id = %state.task_id, error = %e, "the observer could not recover the task");
+    /// RecoverTask: resumes observing the task (its events wait for Nomad's WaitTask) and tells
+    /// the sinks, with the processes it has now.
+    pub fn recover(&self, cfg: &drivers::TaskConfig, state: &DriverState, running: bool) {
+        self.telemetry.nomad.hold(&state.task_id);
+        let key = TaskKey::from_task_id(&state.task_id);
+        let mut processes = Vec::new();
+        if let Some(obs) = self.observer() {
+            if let Err(e) = obs.recover(key, meta(cfg, state)) {
+                tracing::warn!(task_id = %state.task_id, error = %e, "the observer could not recover the task");
+            }
+            processes = obs.tree(key).map(|t| t.processes).unwrap_or_default();
         }
+        let task_cfg = crate::config::task::TaskConfig::decode(&cfg.msgpack_driver_config).ok();
+        self.telemetry.publish(Fact::Recovered {
+            task: Arc::new(TaskIdentity::of(cfg)),
+            started_at: UNIX_EPOCH + Duration::from_millis(state.started_at_ms),
+            main: MainProcess {
+                pid: state.pid,
+                command: task_cfg
+                    .as_ref()
+                    .map(|t| t.command.clone())
+                    .unwrap_or_default(),
+                args: task_cfg.map(|t| t.args).unwrap_or_default(),
+                user: cfg.user.clone(),
+            },
+            running,
+            processes,
+        });
     }
 
     pub fn forget(&self, task_id: &str) {
@@ -246,6 +235,7 @@ impl Observation {
         outcome: Outcome,
     ) -> Outcome {
         let Some(exit) = main_exit(&outcome) else {
+            self.lost(cfg, &outcome);
             return outcome;
         };
         let seen_by_probes = !self
@@ -275,7 +265,7 @@ impl Observation {
         let found = obs
             .classify_helper_death(TaskKey::from_task_id(&state.task_id), state.supervisor_pid)
             .await;
-        found.map(|(main, reason)| self.finish_helper_death(cfg, state, main, &reason))
+        found.map(|(main, reason)| self.finish_helper_death(cfg, main.as_ref(), &reason))
     }
 
     /// [`Observation::explain_helper_death`] without waiting (found at recovery).
@@ -287,25 +277,17 @@ impl Observation {
         let obs = self.observer()?;
         let found = obs
             .classify_helper_death_now(TaskKey::from_task_id(&state.task_id), state.supervisor_pid);
-        found.map(|(main, reason)| self.finish_helper_death(cfg, state, main, &reason))
+        found.map(|(main, reason)| self.finish_helper_death(cfg, main.as_ref(), &reason))
     }
 
     fn finish_helper_death(
         &self,
         cfg: &drivers::TaskConfig,
-        state: &DriverState,
-        main: Option<MainExit>,
+        main: Option<&MainExit>,
         reason: &ExitReason,
     ) -> Outcome {
         let (_, message, annotations) = reason.to_nomad();
-        self.outbox.send(task_event(
-            &state.task_id,
-            &cfg.alloc_id,
-            &cfg.name,
-            message.clone(),
-            annotations,
-        ));
-        match main {
+        let outcome = match main {
             Some(m) => Outcome {
                 exit_code: m.exit_code,
                 signal: m.signal,
@@ -314,8 +296,26 @@ impl Observation {
                 err: None,
                 finished_at_ms: crate::supervisor::record::now_ms(),
             },
-            None => Outcome::lost(message),
-        }
+            None => Outcome::lost(message.clone()),
+        };
+        self.telemetry.publish(Fact::Ended {
+            task: Arc::new(TaskIdentity::of(cfg)),
+            end: TaskEnd {
+                at: UNIX_EPOCH + Duration::from_millis(outcome.finished_at_ms),
+                exit_code: outcome.exit_code,
+                signal: outcome.signal,
+                oom_killed: false,
+                kind: if main.is_some() {
+                    EndKind::of(Some(reason))
+                } else {
+                    EndKind::Lost
+                },
+                reason: main.is_some().then(|| reason.clone()),
+                message,
+                annotations,
+            },
+        });
+        outcome
     }
 
     /// [`Observation::explain`] without waiting (a task found already ended at recovery).
@@ -326,6 +326,7 @@ impl Observation {
         outcome: Outcome,
     ) -> Outcome {
         let Some(exit) = main_exit(&outcome) else {
+            self.lost(cfg, &outcome);
             return outcome;
         };
         let reason = self
@@ -360,13 +361,42 @@ impl Observation {
             ),
         };
         let (_, message, annotations) = reason.to_nomad();
-        self.outbox.send(task_event(
-            &state.task_id,
-            &cfg.alloc_id,
-            &cfg.name,
-            message,
-            annotations,
-        ));
+        self.telemetry.publish(Fact::Ended {
+            task: Arc::new(TaskIdentity::of(cfg)),
+            end: TaskEnd {
+                at: UNIX_EPOCH + Duration::from_millis(outcome.finished_at_ms),
+                exit_code: outcome.exit_code,
+                signal: outcome.signal,
+                oom_killed: outcome.oom_killed,
+                kind: EndKind::of(Some(&reason)),
+                reason: Some(reason),
+                message,
+                annotations,
+            },
+        });
         outcome
+    }
+
+    /// A run whose exit status was lost: the sinks learn it ended, and why not more is known.
+    pub fn lost(&self, cfg: &drivers::TaskConfig, outcome: &Outcome) {
+        let message = outcome
+            .err
+            .clone()
+            .unwrap_or_else(|| "the task's exit status was lost".to_owned());
+        let mut annotations = std::collections::BTreeMap::new();
+        annotations.insert("reason".to_owned(), "lost".to_owned());
+        self.telemetry.publish(Fact::Ended {
+            task: Arc::new(TaskIdentity::of(cfg)),
+            end: TaskEnd {
+                at: UNIX_EPOCH + Duration::from_millis(outcome.finished_at_ms),
+                exit_code: outcome.exit_code,
+                signal: outcome.signal,
+                oom_killed: outcome.oom_killed,
+                kind: EndKind::Lost,
+                reason: None,
+                message,
+                annotations,
+            },
+        });
     }
 }

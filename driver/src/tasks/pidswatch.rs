@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bpfexec_proto::drivers;
 use tokio::sync::watch;
 
-use super::observe::{Observation, task_event};
+use super::observe::Observation;
 use super::state::{DriverState, Outcome};
 use crate::cgroups::{CgroupMode, TaskCgroups, extra};
 
@@ -35,13 +35,12 @@ pub fn hits(file: &Path) -> Option<u64> {
         .map(|(_, v)| v)
 }
 
-/// The event for `total` refused forks so far.
+/// The task event's text and annotations for `total` refused forks so far.
 pub fn event(
-    cfg: &drivers::TaskConfig,
     pids_max: u64,
     total: u64,
     current: Option<u64>,
-) -> drivers::DriverTaskEvent {
+) -> (String, BTreeMap<String, String>) {
     let mut annotations = BTreeMap::new();
     annotations.insert("reason".to_owned(), "pids-limit".to_owned());
     annotations.insert("pids_max".to_owned(), pids_max.to_string());
@@ -49,10 +48,7 @@ pub fn event(
     if let Some(c) = current {
         annotations.insert("pids_current".to_owned(), c.to_string());
     }
-    task_event(
-        &cfg.id,
-        &cfg.alloc_id,
-        &cfg.name,
+    (
         format!(
             "Process limit reached: the task may have {pids_max} processes and threads (pids_max), and {total} fork{} or clone{} failed because of it; raise pids_max if the task needs more",
             if total == 1 { "" } else { "s" },
@@ -92,7 +88,9 @@ pub fn spawn(
             let due = last_sent.is_none_or(|t| t.elapsed() >= REPEAT) || ended;
             if total > reported && due {
                 let current = crate::cgroups::read_u64(&file.with_file_name("pids.current"));
-                observation.send_event(event(&cfg, pids_max, total, current));
+                observation.pids_limit_hits(&cfg, pids_max, total);
+                let (message, annotations) = event(pids_max, total, current);
+                observation.notice(&cfg, message, annotations);
                 reported = total;
                 last_sent = Some(Instant::now());
             }
@@ -133,16 +131,10 @@ mod tests {
 
     #[test]
     fn event_names_the_limit() {
-        let cfg = drivers::TaskConfig {
-            id: "a/t/1".into(),
-            alloc_id: "a".into(),
-            name: "t".into(),
-            ..Default::default()
-        };
-        let e = event(&cfg, 16, 3, Some(16));
-        assert!(e.message.contains("pids_max"), "{}", e.message);
-        assert!(e.message.contains("3 forks"), "{}", e.message);
-        assert_eq!(e.annotations["reason"], "pids-limit");
-        assert_eq!(e.annotations["hits"], "3");
+        let (message, annotations) = event(16, 3, Some(16));
+        assert!(message.contains("pids_max"), "{message}");
+        assert!(message.contains("3 forks"), "{message}");
+        assert_eq!(annotations["reason"], "pids-limit");
+        assert_eq!(annotations["hits"], "3");
     }
 }

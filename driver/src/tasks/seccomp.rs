@@ -12,7 +12,7 @@ use std::time::Duration;
 use bpfexec_proto::drivers;
 use tokio::sync::watch;
 
-use super::observe::{Observation, task_event};
+use super::observe::Observation;
 use super::state::Outcome;
 use crate::seccomp::listener::{Blocked, read_records};
 
@@ -64,13 +64,7 @@ fn report(dir: &Path, from: u64, cfg: &drivers::TaskConfig, obs: &Observation) -
     };
     for b in &records {
         let (message, annotations) = event_text(b);
-        obs.send_event(task_event(
-            &cfg.id,
-            &cfg.alloc_id,
-            &cfg.name,
-            message,
-            annotations,
-        ));
+        obs.notice(cfg, message, annotations);
     }
     if to != from {
         // A full or read-only state dir only means repeats after a plugin restart.

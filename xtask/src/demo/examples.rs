@@ -37,6 +37,8 @@ pub struct Expect {
     pub signal: Option<i64>,
     pub stdout: Vec<String>,
     pub stderr: Vec<String>,
+    /// Substrings some task event of the allocation must contain (what only bpfexec can say).
+    pub events: Vec<String>,
 }
 
 impl Expect {
@@ -100,6 +102,7 @@ pub fn parse_expect(hcl: &str) -> Result<Expect> {
     let mut expect: Option<Expect> = None;
     let mut stdout = Vec::new();
     let mut stderr = Vec::new();
+    let mut events = Vec::new();
     for line in hcl.lines() {
         let Some(comment) = line.trim().strip_prefix('#') else {
             continue;
@@ -109,6 +112,8 @@ pub fn parse_expect(hcl: &str) -> Result<Expect> {
             stdout.push(text.trim().to_owned());
         } else if let Some(text) = comment.strip_prefix("expect-stderr:") {
             stderr.push(text.trim().to_owned());
+        } else if let Some(text) = comment.strip_prefix("expect-event:") {
+            events.push(text.trim().to_owned());
         } else if let Some(spec) = comment.strip_prefix("expect:") {
             if expect.is_some() {
                 bail!("more than one `# expect:` line");
@@ -119,6 +124,7 @@ pub fn parse_expect(hcl: &str) -> Result<Expect> {
     let mut expect = expect.context("no `# expect: complete|failed|running` comment line")?;
     expect.stdout = stdout;
     expect.stderr = stderr;
+    expect.events = events;
     Ok(expect)
 }
 
@@ -136,6 +142,7 @@ fn parse_spec(spec: &str) -> Result<Expect> {
         signal: None,
         stdout: Vec::new(),
         stderr: Vec::new(),
+        events: Vec::new(),
     };
     for word in words {
         let (key, value) = word
@@ -160,13 +167,14 @@ mod tests {
     #[test]
     fn parses_header() {
         let e = parse_expect(
-            "# A job.\n#\n# expect: failed exit_code=3\n# expect-stdout: a b\n# expect-stderr: c\njob \"x\" {}\n",
+            "# A job.\n#\n# expect: failed exit_code=3\n# expect-stdout: a b\n# expect-stderr: c\n# expect-event: OOM-killed\njob \"x\" {}\n",
         )
         .unwrap();
         assert_eq!(e.outcome, Outcome::Failed);
         assert_eq!(e.exit_code, Some(3));
         assert_eq!(e.stdout, vec!["a b".to_owned()]);
         assert_eq!(e.stderr, vec!["c".to_owned()]);
+        assert_eq!(e.events, vec!["OOM-killed".to_owned()]);
         assert_eq!(e.summary(), "failed exit_code=3");
     }
 
@@ -182,6 +190,6 @@ mod tests {
     fn every_shipped_example_declares_an_outcome() {
         let dir = crate::tools::repo_root().join("examples");
         let all = load_all(&dir).unwrap();
-        assert!(all.len() >= 6);
+        assert!(all.len() >= 9);
     }
 }

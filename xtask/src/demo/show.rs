@@ -135,7 +135,12 @@ fn run_inner(api: &Client, ex: &Example, verdict: &mut Verdict) -> Result<()> {
 fn check_exit_and_logs(api: &Client, ex: &Example, alloc: &Alloc, verdict: &mut Verdict) {
     let mut stdout = String::new();
     let mut stderr = String::new();
+    let mut events = String::new();
     for (task, state) in alloc.task_states.iter().flatten() {
+        for e in state.events.as_deref().unwrap_or_default() {
+            events.push_str(&e.display_message);
+            events.push('\n');
+        }
         let exit = report::exit_of(state.events.as_deref().unwrap_or_default());
         let (code, signal) = exit.map_or((None, None), |(c, s, _)| (Some(c), Some(s)));
         if let Some(want) = ex.expect.exit_code
@@ -159,6 +164,7 @@ fn check_exit_and_logs(api: &Client, ex: &Example, alloc: &Alloc, verdict: &mut 
     for (stream, text, wanted) in [
         ("stdout", &stdout, &ex.expect.stdout),
         ("stderr", &stderr, &ex.expect.stderr),
+        ("the task events", &events, &ex.expect.events),
     ] {
         for needle in wanted {
             if !text.contains(needle.as_str()) {

@@ -21,6 +21,8 @@ use tokio::{
     task::JoinHandle,
 };
 
+use crate::telemetry::{FactBus, fact::Fact};
+
 use super::{
     backend::KernelBackend,
     key::TaskKey,
@@ -34,8 +36,6 @@ use super::{
 };
 use crate::probes::{ProbeSet, ProcessEvent};
 
-/// Notices a slow subscriber may fall behind by.
-const NOTICE_CAPACITY: usize = 256;
 /// How long `classify` waits for the main process's exit record to come out of the ring buffer.
 const CLASSIFY_WAIT: Duration = Duration::from_millis(300);
 /// Unclaimed kernel facts records are deleted this long after their task ended.
@@ -86,6 +86,24 @@ pub struct ObserverStats {
     pub lagged_events: u64,
     pub ring_records_received: u64,
     pub tasks: usize,
+    /// Events processed by kind (exec, fork, exit, signal, oom).
+    pub events_by_kind: BTreeMap<&'static str, u64>,
+    /// How old the newest event of a batch was when it was handled, at most, over the last
+    /// second or so.
+    pub lag_seconds: f64,
+}
+
+/// Kinds of probe events, as counted.
+const KINDS: [&str; 5] = ["exec", "fork", "exit", "signal", "oom"];
+
+fn kind_index(ev: &ProcessEvent) -> usize {
+    match ev {
+        ProcessEvent::Exec { .. } => 0,
+        ProcessEvent::Fork { .. } => 1,
+        ProcessEvent::Exit { .. } => 2,
+        ProcessEvent::Signal { .. } => 3,
+        ProcessEvent::OomVictim { .. } => 4,
+    }
 }
 
 /// Kernel observation of every task: see the module docs of `observer`.
@@ -94,9 +112,14 @@ pub struct Observer {
     state: Mutex<ObserverState>,
     proc: Arc<dyn ProcSource>,
     reaper: Arc<dyn Reaper>,
-    notices: broadcast::Sender<Notice>,
+    /// Where facts (and the notices among them) go.
+    bus: Arc<FactBus>,
     exits: Notify,
     processed: AtomicU64,
+    by_kind: [AtomicU64; 5],
+    /// Max event age in this window, and in the last complete one.
+    lag_window_ns: AtomicU64,
+    lag_last_ns: AtomicU64,
     lagged: AtomicU64,
     rate: Mutex<VecDeque<(Instant, u64)>>,
     self_exe: Option<PathBuf>,
@@ -128,10 +151,10 @@ fn clock_ns(id: libc::clockid_t) -> u64 {
 }
 
 impl Observer {
-    /// Starts observing with the loaded probes, the real procfs/cgroupfs and default settings.
-    /// Must be called inside a tokio runtime.
-    pub fn start(probes: Arc<ProbeSet>, config: ObserverConfig) -> Arc<Self> {
-        Self::start_with(probes, Sources::live(), config)
+    /// Starts observing with the loaded probes, the real procfs/cgroupfs and default settings,
+    /// publishing facts on `bus`. Must be called inside a tokio runtime.
+    pub fn start(probes: Arc<ProbeSet>, config: ObserverConfig, bus: Arc<FactBus>) -> Arc<Self> {
+        Self::start_with(probes, Sources::live(), config, bus)
     }
 
     /// Starts observing with any backend and OS sources (tests use fakes).
@@ -139,6 +162,7 @@ impl Observer {
         backend: Arc<dyn KernelBackend>,
         sources: Sources,
         config: ObserverConfig,
+        bus: Arc<FactBus>,
     ) -> Arc<Self> {
         let own_comm = std::fs::read_to_string("/proc/self/comm")
             .map(|c| c.trim().to_owned())
@@ -158,9 +182,12 @@ impl Observer {
             state: Mutex::new(state),
             proc: sources.proc,
             reaper: sources.reaper,
-            notices: broadcast::channel(NOTICE_CAPACITY).0,
+            bus,
             exits: Notify::new(),
             processed: AtomicU64::new(0),
+            by_kind: Default::default(),
+            lag_window_ns: AtomicU64::new(0),
+            lag_last_ns: AtomicU64::new(0),
             lagged: AtomicU64::new(0),
             rate: Mutex::new(VecDeque::new()),
             self_exe: std::env::current_exe().ok(),
@@ -171,10 +198,26 @@ impl Observer {
         observer
     }
 
-    /// Live notices (child OOM kills, signals from outside the task, crashed children).
+    /// Live notices (child OOM kills, signals from outside the task, crashed children, escapes,
+    /// leaks), read from the fact bus: for callers that want only those.
     #[must_use]
-    pub fn notices(&self) -> broadcast::Receiver<Notice> {
-        self.notices.subscribe()
+    pub fn notices(&self) -> NoticeReceiver {
+        NoticeReceiver {
+            facts: self.bus.subscribe("notices", 1024, false),
+            ready: VecDeque::new(),
+        }
+    }
+
+    /// Hands the facts the state produced, and `notices`, to the fact bus.
+    pub(crate) fn publish(
+        &self,
+        mut state: MutexGuard<'_, ObserverState>,
+        notices: impl IntoIterator<Item = Notice>,
+    ) {
+        let mut facts = state.take_facts();
+        drop(state);
+        facts.extend(notices.into_iter().map(Fact::from));
+        self.bus.publish(facts);
     }
 
     /// Signals from `pid` count as the driver's (e.g. a helper the driver spawns).
@@ -294,6 +337,12 @@ impl Observer {
             lagged_events: self.lagged.load(Ordering::Relaxed),
             ring_records_received: self.backend.events_received(),
             tasks: lock(&self.state).registered().len(),
+            events_by_kind: KINDS
+                .iter()
+                .zip(&self.by_kind)
+                .map(|(k, n)| (*k, n.load(Ordering::Relaxed)))
+                .collect(),
+            lag_seconds: self.lag_last_ns.load(Ordering::Relaxed) as f64 / 1e9,
         }
     }
 
@@ -325,25 +374,30 @@ impl Observer {
             notices.extend(state.apply(ev));
             exits |= matches!(ev, ProcessEvent::Exit { .. });
         }
-        drop(state);
+        self.publish(state, notices);
         self.processed
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        for ev in batch {
+            self.by_kind[kind_index(ev)].fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(last) = batch.last() {
+            let lag = monotonic_ns().saturating_sub(last.ktime_ns());
+            self.lag_window_ns.fetch_max(lag, Ordering::Relaxed);
+        }
         if exits {
             self.exits.notify_waiters();
-        }
-        for n in notices {
-            let _ = self.notices.send(n);
         }
     }
 
     fn on_tick(&self, full: bool) {
         let now = monotonic_ns();
-        let notices = lock(&self.state).tick(now, full);
-        for n in notices {
-            let _ = self.notices.send(n);
-        }
+        let mut state = lock(&self.state);
+        let notices = state.tick(now, full);
+        self.publish(state, notices);
         self.maybe_check_escapes(now);
         if full {
+            let window = self.lag_window_ns.swap(0, Ordering::Relaxed);
+            self.lag_last_ns.store(window, Ordering::Relaxed);
             let mut rate = lock(&self.rate);
             rate.push_back((Instant::now(), self.processed.load(Ordering::Relaxed)));
             while rate.len() > 10 {
@@ -448,5 +502,38 @@ async fn run(observer: Weak<Observer>, mut rx: broadcast::Receiver<ProcessEvent>
                 o.on_tick(ticks.is_multiple_of(10));
             }
         }
+    }
+}
+
+/// The notices among the facts (see [`Observer::notices`]).
+pub struct NoticeReceiver {
+    facts: crate::telemetry::FactReceiver,
+    ready: VecDeque<Notice>,
+}
+
+impl NoticeReceiver {
+    fn take(&mut self, batch: &[Fact]) {
+        self.ready
+            .extend(batch.iter().filter_map(Notice::from_fact));
+    }
+
+    /// The next notice; None once the observer is gone.
+    pub async fn recv(&mut self) -> Option<Notice> {
+        loop {
+            if let Some(n) = self.ready.pop_front() {
+                return Some(n);
+            }
+            let batch = self.facts.recv().await?;
+            self.take(&batch);
+        }
+    }
+
+    /// A notice if one is ready.
+    pub fn try_recv(&mut self) -> Option<Notice> {
+        while self.ready.is_empty() {
+            let batch = self.facts.try_recv()?;
+            self.take(&batch);
+        }
+        self.ready.pop_front()
     }
 }

@@ -57,9 +57,9 @@ impl Observer {
                     "a task process left the task's cgroup and could not be killed"
                 ),
             }
-            if let Some(n) = lock(&self.state).report_escape(key, &stray, &result, now) {
-                let _ = self.notices.send(n);
-            }
+            let mut state = lock(&self.state);
+            let notice = state.report_escape(key, &stray, &result, now);
+            self.publish(state, notice);
         }
     }
 
@@ -134,10 +134,12 @@ impl Observer {
             .iter()
             .filter(|(_, r)| matches!(r, Ok(Reaped::Killed) | Err(_)))
             .count();
-        if let Some(n) = lock(&self.state).leak_report(key, &results) {
+        let mut state = lock(&self.state);
+        let notice = state.leak_report(key, &results, super::monotonic_ns());
+        if let Some(n) = &notice {
             tracing::warn!(task_key = %key, message = %n.message, "processes outlived their task");
-            let _ = self.notices.send(n);
         }
+        self.publish(state, notice);
         found
     }
 }

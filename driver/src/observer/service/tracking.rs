@@ -142,10 +142,9 @@ impl Observer {
     }
 
     fn register(&self, key: TaskKey, meta: TaskMeta, before_exec: bool) {
-        let queued = lock(&self.state).register(key, meta, before_exec, monotonic_ns());
-        for n in queued {
-            let _ = self.notices.send(n);
-        }
+        let mut state = lock(&self.state);
+        let queued = state.register(key, meta, before_exec, monotonic_ns());
+        self.publish(state, queued);
     }
 
     /// True when `pid` still runs this driver's binary (the supervisor's child before exec).

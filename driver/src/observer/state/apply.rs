@@ -10,12 +10,15 @@ use crate::observer::{
     facts::{OomSeen, SignalSeen},
     notice::{Notice, PendingSignal, child_oom},
     reason::SenderClass,
-    signals::{is_crash, is_quiet},
+    signals::{is_crash, is_quiet, may_terminate},
 };
 use crate::probes::ProcessEvent;
+use crate::telemetry::fact::{Fact, ProcessFact};
 
 /// Signals held per task at most.
 const MAX_PENDING: usize = 256;
+/// Of those, signals held only to learn whether they killed a child (no notice).
+const MAX_QUIET_PENDING: usize = 64;
 /// Notices kept for a task the driver has not claimed yet.
 const MAX_QUEUED: usize = 32;
 /// Parents of exited processes remembered per task.
@@ -44,6 +47,12 @@ impl ObserverState {
                     *parent_pid
                 };
                 t.table.fork(parent, *child_pid, child_comm.clone(), at);
+                let fact = ProcessFact::Fork {
+                    parent,
+                    child: *child_pid,
+                    comm: child_comm.clone(),
+                };
+                self.emit_process(TaskKey(*task), now, fact);
             }
             ProcessEvent::Exec {
                 task,
@@ -55,7 +64,9 @@ impl ObserverState {
                 let file = filename.to_string_lossy().into_owned();
                 self.on_exec(TaskKey(*task), *pid, file, comm, now);
             }
-            ProcessEvent::Exit { task, pid, .. } => self.on_exit(TaskKey(*task), *pid, now),
+            ProcessEvent::Exit {
+                task, pid, comm, ..
+            } => self.on_exit(TaskKey(*task), *pid, comm, now),
             ProcessEvent::Signal { target_task: 0, .. } => {}
             ProcessEvent::Signal {
                 sender_pid,
@@ -112,10 +123,28 @@ impl ObserverState {
         if pid == t.facts.main_pid {
             t.facts.main_exec_ktime = Some(now);
         }
-        t.table.exec(pid, file, comm.to_owned(), cmdline, at);
+        t.table
+            .exec(pid, file.clone(), comm.to_owned(), cmdline.clone(), at);
+        let fact = ProcessFact::Exec {
+            pid,
+            filename: file,
+            comm: comm.to_owned(),
+            cmdline,
+        };
+        self.emit_process(key, now, fact);
     }
 
-    fn on_exit(&mut self, key: TaskKey, pid: u32, now: u64) {
+    fn emit_process(&mut self, key: TaskKey, now: u64, fact: ProcessFact) {
+        let at = self.wall(now);
+        self.emit_fact(Fact::Process { key, at, fact });
+    }
+
+    fn on_exit(&mut self, key: TaskKey, pid: u32, comm: &str, now: u64) {
+        let fact = ProcessFact::Exit {
+            pid,
+            comm: comm.to_owned(),
+        };
+        self.emit_process(key, now, fact);
         let t = self.entry(key, now);
         if let Some(node) = t.table.exit(pid) {
             if t.exited_parents.len() >= MAX_EXITED_PARENTS {
@@ -137,28 +166,42 @@ impl ObserverState {
         let sig = seen.sig;
         let kernel_fault = seen.code > 0;
         let sender = self.sender_of(key, target, &seen);
+        let at = self.wall(now);
         let t = self.entry(key, now);
         let is_main = target == t.facts.main_pid;
         if is_main {
             t.facts.record_signal(seen);
         }
-        let worth = !is_quiet(sig)
+        let notify = !is_quiet(sig)
             && match sender.class {
                 SenderClass::Host | SenderClass::OtherAllocation { .. } => true,
                 SenderClass::Kernel => is_crash(sig) && kernel_fault,
                 _ => false,
             };
-        if worth && t.pending.len() < MAX_PENDING {
+        // Other signals that may end their target are held too (a bounded few), to learn
+        // whether they killed a child; they make no notice.
+        let held_quietly = t.pending.iter().filter(|p| !p.notify).count();
+        let track = notify || (may_terminate(sig) && held_quietly < MAX_QUIET_PENDING);
+        if track && t.pending.len() < MAX_PENDING {
             t.pending.push(PendingSignal {
                 ktime_ns: now,
                 target_pid: target,
                 target_comm: target_comm.to_owned(),
                 target_is_main: is_main,
                 sig,
-                sender,
+                sender: sender.clone(),
                 fatal: false,
+                notify,
             });
         }
+        self.emit_fact(Fact::SignalReceived {
+            key,
+            at,
+            pid: target,
+            main: is_main,
+            signal: sig,
+            sender,
+        });
     }
 
     pub(super) fn on_oom(
@@ -197,7 +240,18 @@ impl ObserverState {
             rss_kb,
             scope: Some(scope.clone()),
         });
-        if victim == t.facts.main_pid {
+        let main = victim == t.facts.main_pid;
+        let at = self.wall(now);
+        self.emit_fact(Fact::OomKill {
+            key,
+            at,
+            pid: victim,
+            comm: comm.to_owned(),
+            rss_kb,
+            main,
+            scope: scope.clone(),
+        });
+        if main {
             return None;
         }
         let (m, a) = child_oom(victim, comm, rss_kb, &scope);
@@ -234,6 +288,7 @@ impl ObserverState {
     pub(super) fn flush(&mut self, now: u64) -> Vec<Notice> {
         let delay = self.config.notice_delay_ns;
         let mut due = Vec::new();
+        let mut killed = Vec::new();
         for (key, t) in &mut self.tasks {
             if t.pending.is_empty() {
                 continue;
@@ -242,12 +297,29 @@ impl ObserverState {
                 .into_iter()
                 .partition(|p| p.fatal || p.ktime_ns + delay <= now);
             t.pending = keep;
+            for p in &ready {
+                let oom_victim = t.facts.ooms.iter().any(|o| o.victim_pid == p.target_pid);
+                if p.fatal && !p.target_is_main && !oom_victim {
+                    killed.push((*key, p.ktime_ns, p.target_pid, p.sig, p.sender.clone()));
+                }
+            }
             due.extend(
                 ready
                     .iter()
+                    .filter(|p| p.notify)
                     .filter_map(PendingSignal::render)
                     .map(|r| (*key, r)),
             );
+        }
+        for (key, ktime, pid, signal, sender) in killed {
+            let at = self.wall(ktime);
+            self.emit_fact(Fact::ChildKilled {
+                key,
+                at,
+                pid,
+                signal,
+                sender,
+            });
         }
         due.into_iter()
             .filter_map(|(key, (m, a))| self.emit(key, m, a, now))

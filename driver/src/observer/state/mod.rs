@@ -11,6 +11,8 @@ use std::{
     sync::Arc,
 };
 
+use crate::telemetry::fact::Fact;
+
 use super::{
     facts::{ObservedFacts, SignalSeen},
     key::{TaskKey, TaskMeta},
@@ -113,6 +115,8 @@ pub struct ObserverState {
     wall_offset_ns: i128,
     /// When the next escape check is due (`CLOCK_MONOTONIC`).
     next_escape_check_ns: u64,
+    /// Facts produced since the last [`ObserverState::take_facts`].
+    emitted: Vec<Fact>,
 }
 
 impl ObserverState {
@@ -137,6 +141,7 @@ impl ObserverState {
             roots,
             wall_offset_ns,
             next_escape_check_ns: 0,
+            emitted: Vec::new(),
         }
     }
 
@@ -147,6 +152,22 @@ impl ObserverState {
     fn wall_ms(&self, ktime_ns: u64) -> u64 {
         let ns = i128::from(ktime_ns) + self.wall_offset_ns;
         u64::try_from(ns / 1_000_000).unwrap_or(0)
+    }
+
+    /// The wall-clock time of a probe timestamp.
+    pub(crate) fn wall(&self, ktime_ns: u64) -> std::time::SystemTime {
+        let ns = u64::try_from(i128::from(ktime_ns) + self.wall_offset_ns).unwrap_or(0);
+        std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns)
+    }
+
+    /// Records a fact for the sinks.
+    pub(crate) fn emit_fact(&mut self, fact: Fact) {
+        self.emitted.push(fact);
+    }
+
+    /// The facts produced since the last call, for the fact bus.
+    pub fn take_facts(&mut self) -> Vec<Fact> {
+        std::mem::take(&mut self.emitted)
     }
 
     fn entry(&mut self, key: TaskKey, now_ns: u64) -> &mut TaskState {

@@ -15,6 +15,7 @@ use crate::observer::{
     reap::Reaped,
     stray::{Stray, escape_notice, leak_notice},
 };
+use crate::telemetry::fact::Fact;
 
 /// Where one process stands relative to its task's cgroup.
 enum Verdict {
@@ -132,6 +133,14 @@ impl ObserverState {
         let t = self.tasks.get_mut(&key)?;
         t.escapes_reported.insert((stray.pid, stray.start_time));
         let (message, annotations) = escape_notice(stray, result)?;
+        let at = self.wall(now);
+        self.emit_fact(Fact::Escaped {
+            key,
+            at,
+            pid: stray.pid,
+            comm: stray.comm.clone(),
+            cgroup: stray.cgroup.clone().unwrap_or_default(),
+        });
         self.emit(key, message, annotations, now)
     }
 
@@ -161,12 +170,20 @@ impl ObserverState {
 
     /// The one leak notice of task `key` (not rate-limited: at most one per task end).
     pub fn leak_report(
-        &self,
+        &mut self,
         key: TaskKey,
         results: &[(Stray, Result<Reaped, ReapError>)],
+        now: u64,
     ) -> Option<Notice> {
-        let meta = self.meta_of(key)?;
         let (message, annotations) = leak_notice(results)?;
+        let pids = results
+            .iter()
+            .filter(|(_, r)| matches!(r, Ok(Reaped::Killed) | Err(_)))
+            .map(|(s, _)| (s.pid, s.comm.clone()))
+            .collect();
+        let at = self.wall(now);
+        self.emit_fact(Fact::Leaked { key, at, pids });
+        let meta = self.meta_of(key)?;
         Some(Notice::new(key, meta, message, annotations))
     }
 }

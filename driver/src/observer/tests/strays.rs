@@ -2,7 +2,7 @@
 //! that each is killed through the reaper and reported once, and that processes on their way out
 //! (zombies, `PF_EXITING`, SIGKILL pending) or no longer the task's are left alone.
 
-use tokio::sync::broadcast::{Receiver, error::TryRecvError};
+use crate::observer::NoticeReceiver;
 
 use super::*;
 use crate::cgroups::CgroupHome;
@@ -43,18 +43,16 @@ fn observer(w: &World, kernel: &Arc<FakeKernel>) -> Arc<Observer> {
         escape_check_ns: 0,
         ..ObserverConfig::default()
     };
-    Observer::start_with(kernel.clone(), w.sources(), config)
+    Observer::start_with(
+        kernel.clone(),
+        w.sources(),
+        config,
+        crate::telemetry::FactBus::new(),
+    )
 }
 
-fn drain(rx: &mut Receiver<Notice>) -> Vec<Notice> {
-    let mut out = Vec::new();
-    loop {
-        match rx.try_recv() {
-            Ok(n) => out.push(n),
-            Err(TryRecvError::Lagged(_)) => {}
-            Err(_) => return out,
-        }
-    }
+fn drain(rx: &mut NoticeReceiver) -> Vec<Notice> {
+    std::iter::from_fn(|| rx.try_recv()).collect()
 }
 
 #[tokio::test]
