@@ -3,6 +3,7 @@
 //! before RecoverTask), held in bounds until its start or recovery fact, then replayed.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use super::fact::Fact;
 use crate::observer::TaskKey;
@@ -10,10 +11,13 @@ use crate::observer::TaskKey;
 /// Facts held per task run, and runs held for.
 const PER_RUN: usize = 512;
 const RUNS: usize = 256;
+/// Facts of a run that never started here (a backlog of a task destroyed while no plugin ran)
+/// are given up after this long.
+const TTL: Duration = Duration::from_secs(120);
 
 #[derive(Default)]
 pub struct Pending {
-    held: HashMap<TaskKey, Vec<Fact>>,
+    held: HashMap<TaskKey, (Instant, Vec<Fact>)>,
 }
 
 impl Pending {
@@ -21,9 +25,15 @@ impl Pending {
     pub fn hold(&mut self, fact: &Fact) {
         let key = fact.key();
         if self.held.len() >= RUNS && !self.held.contains_key(&key) {
-            return;
+            self.held.retain(|_, (since, _)| since.elapsed() < TTL);
+            if self.held.len() >= RUNS {
+                return;
+            }
         }
-        let facts = self.held.entry(key).or_default();
+        let (_, facts) = self
+            .held
+            .entry(key)
+            .or_insert_with(|| (Instant::now(), Vec::new()));
         if facts.len() < PER_RUN {
             facts.push(fact.clone());
         }
@@ -31,7 +41,7 @@ impl Pending {
 
     /// The facts held for `key`, oldest first.
     pub fn take(&mut self, key: TaskKey) -> Vec<Fact> {
-        self.held.remove(&key).unwrap_or_default()
+        self.held.remove(&key).map(|(_, f)| f).unwrap_or_default()
     }
 }
 
