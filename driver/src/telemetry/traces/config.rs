@@ -73,14 +73,20 @@ fn check_endpoint(field: &'static str, endpoint: &str) -> Result<(), ConfigError
               (http/protobuf)"
             .into(),
     };
+    if endpoint.starts_with("https://") {
+        return Err(ConfigError::Invalid {
+            field,
+            problem: format!(
+                "{endpoint:?} needs TLS, which this build of the driver does not have"
+            ),
+            fix: "export to a collector on this host over http:// (e.g. an OpenTelemetry \
+                  Collector that forwards to your backend over TLS)"
+                .into(),
+        });
+    }
     let rest = endpoint
         .strip_prefix("http://")
-        .or_else(|| endpoint.strip_prefix("https://"))
-        .ok_or_else(|| {
-            bad(format!(
-                "{endpoint:?} does not start with http:// or https://"
-            ))
-        })?;
+        .ok_or_else(|| bad(format!("{endpoint:?} does not start with http://")))?;
     let host = rest.split('/').next().unwrap_or_default();
     if host.is_empty() || host.contains(char::is_whitespace) {
         return Err(bad(format!("{endpoint:?} has no host")));
@@ -349,6 +355,13 @@ mod tests {
             (
                 RawOtlp {
                     endpoint: Some("collector:4317".into()),
+                    ..RawOtlp::default()
+                },
+                "otlp.endpoint",
+            ),
+            (
+                RawOtlp {
+                    endpoint: Some("https://collector.example:4317".into()),
                     ..RawOtlp::default()
                 },
                 "otlp.endpoint",
