@@ -257,6 +257,7 @@ impl TaskMetrics {
             &f.leaked,
             &f.starts,
             &f.pids_limit_hits,
+            &f.spans_capped,
         ] {
             let _ = fam.get_or_create(&labels);
         }
