@@ -158,8 +158,14 @@ async fn tree_and_signal_provenance() {
         .unwrap();
     assert_eq!(report.processes, 1);
     go(stdin);
-    wait_until("a three-level tree", || {
-        observer.tree(k).is_some_and(|t| t.processes.len() == 3)
+    // Three processes are in the tree as soon as the last fork is seen; the leaf's exec of
+    // `sleep` follows it (a fork inherits its parent's command line until then). Under
+    // emulation the probes' records of the fork and the exec can be drained apart, so the tree
+    // is compared with /proc once it has seen the leaf's exec.
+    wait_until("a three-level tree with the leaf's exec", || {
+        observer.tree(k).is_some_and(|t| {
+            t.processes.len() == 3 && t.execs.iter().any(|e| e.filename.ends_with("sleep"))
+        })
     })
     .await;
     let tree = observer.tree(k).unwrap();
@@ -607,7 +613,8 @@ async fn pinned_state_survives_a_driver_restart() {
     wait_until("the backlog and the recovered tree", || {
         observer.tree(k).is_some_and(|t| {
             let pids: Vec<u32> = t.processes.iter().map(|p| p.pid).collect();
-            pids == [main_pid, second] || pids == [second, main_pid]
+            (pids == [main_pid, second] || pids == [second, main_pid])
+                && t.processes.iter().any(|p| p.cmdline == ["sleep", "1002"])
         })
     })
     .await;

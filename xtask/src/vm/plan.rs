@@ -106,6 +106,17 @@ done
 mkdir -p /sys/fs/cgroup/unified && mount -t cgroup2 cgroup2 /sys/fs/cgroup/unified
 ";
 
+/// Saves the tracefs `format` files of the probes' tracepoints next to the results: the offsets
+/// the probes use come from them, and they differ between kernels.
+const SAVE_FORMATS: &str = "\
+for tp in sched/sched_process_exec sched/sched_process_exit task/task_newtask \
+  signal/signal_generate oom/mark_victim; do
+  for t in /sys/kernel/tracing /sys/kernel/debug/tracing; do
+    if [ -r \"$t/events/$tp/format\" ]; then cat \"$t/events/$tp/format\"; break; fi
+  done
+done > \"$out/tracepoint-formats\" 2>&1
+";
+
 impl Guest {
     /// Debian's 6.12 with cgroup v1 off: the privileged tests and the e2e subset (or `full`).
     pub fn cgroup_v2(bins: &Binaries, env: &ToolEnv, full: bool) -> Result<Self> {
@@ -135,7 +146,7 @@ impl Guest {
         Ok(Self {
             name: "cgroup-v2-6.12",
             append: "cgroup_no_v1=all",
-            prelude: "",
+            prelude: SAVE_FORMATS,
             timeout: minutes(if full { 120 } else { 45 }),
             steps,
         })
@@ -146,7 +157,7 @@ impl Guest {
         Ok(Self {
             name: "probes-6.1",
             append: "cgroup_no_v1=all",
-            prelude: "",
+            prelude: SAVE_FORMATS,
             timeout: minutes(20),
             steps: privileged(bins, &PROBES)?,
         })
