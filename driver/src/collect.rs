@@ -1,9 +1,10 @@
 //! What the metrics sink reads from the runtime rather than from facts: the driver's health
 //! snapshot (probes, observer counters, task counts, sink drops, OTLP counters, the plugin's own
 //! usage) at scrape time, and, every few seconds on the blocking pool, the memory cgroups of
-//! running tasks, the probes' run time and map fill, the process spans each run had capped, and
-//! the expiry of destroyed tasks' series.
+//! running tasks (and once more of each ended one), the probes' run time and map fill, the process spans each run had capped, and
+//! the expiry of destroyed tasks' series (and of ended tasks the task table no longer holds).
 
+use std::collections::HashSet;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -53,11 +54,15 @@ pub async fn collect(rt: Weak<Runtime>) {
 
 async fn once(rt: &Arc<Runtime>) {
     let metrics = Arc::clone(&rt.telemetry.metrics);
-    let running: Vec<(TaskKey, crate::cgroups::CgroupMode, std::path::PathBuf)> = rt
-        .tasks
-        .all()
+    let all = rt.tasks.all();
+    let known: HashSet<TaskKey> = all
+        .iter()
+        .map(|t| TaskKey::from_task_id(&t.state.task_id))
+        .collect();
+    let due = metrics.final_samples_due();
+    let running: Vec<(TaskKey, crate::cgroups::CgroupMode, std::path::PathBuf)> = all
         .into_iter()
-        .filter(|t| t.is_running())
+        .filter(|t| t.is_running() || due.contains(&TaskKey::from_task_id(&t.state.task_id)))
         .filter_map(|t| {
             let cg = t.state.cgroups.as_ref()?;
             Some((
@@ -84,5 +89,6 @@ async fn once(rt: &Arc<Runtime>) {
     if let Some(t) = rt.telemetry.traces() {
         metrics.spans_capped(&t.capped());
     }
+    metrics.forget_unknown(&known);
     metrics.sweep();
 }

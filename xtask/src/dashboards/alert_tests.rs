@@ -123,6 +123,7 @@ fn alert_cases() -> Vec<Case> {
     let kills = "bpfexec_task_signal_kills_total";
     let escapes = "bpfexec_task_escapes_total";
     let leaks = "bpfexec_task_leaked_processes_total";
+    let pids = "bpfexec_task_pids_limit_hits_total";
     let oom_killed = [("reason", "oom_killed")];
     let child = [("victim", "child"), ("scope", "cgroup")];
     let main = [("victim", "main"), ("scope", "cgroup")];
@@ -288,6 +289,15 @@ fn alert_cases() -> Vec<Case> {
             &[],
             "0x10",
         )),
+        case("refused forks fire", "BpfexecTaskPidsLimitReached", "8m")
+            .series(task_series(pids, &[], "0x6 12x4"))
+            .fires(firing(task_labels(&[]), 12.0)),
+        case(
+            "a task below its process limit stays silent",
+            "BpfexecTaskPidsLimitReached",
+            "8m",
+        )
+        .series(task_series(pids, &[], "0x10")),
         memory_case(
             "RSS above 90% of the limit for 2 minutes fires",
             "60000000+0x10",

@@ -1,7 +1,8 @@
 //! bpfexec's recording and alerting rules: the events only bpfexec sees (OOM kills of a task
 //! or of a child, kills from outside the allocation, escapes, leaks, crash loops, memory
-//! pressure) and the driver's own health (probes, event loss, map use, trace export, the
-//! metrics endpoint). Series and labels are those of the telemetry contract.
+//! pressure, process-count limit hits) and the driver's own health (probes, event loss, map
+//! use, trace export, the metrics endpoint). Series and labels are those of the telemetry
+//! contract.
 
 use super::rules::{Alert, Group, Rule, Severity};
 
@@ -9,7 +10,7 @@ use super::rules::{Alert, Group, Rule, Severity};
 pub const TASK: &str = "namespace, exported_job, task_group, task, alloc_id";
 
 /// Recorded per-task event counts over a window, and the counter they come from.
-const TASK_EVENTS: [(&str, &str, &str); 7] = [
+const TASK_EVENTS: [(&str, &str, &str); 8] = [
     (
         "task:bpfexec_task_exits:increase5m",
         "bpfexec_task_exits_total",
@@ -43,6 +44,11 @@ const TASK_EVENTS: [(&str, &str, &str); 7] = [
     (
         "task:bpfexec_task_memory_events:increase5m",
         "bpfexec_task_memory_events_total",
+        "5m",
+    ),
+    (
+        "task:bpfexec_task_pids_limit_hits:increase5m",
+        "bpfexec_task_pids_limit_hits_total",
         "5m",
     ),
 ];
@@ -151,6 +157,16 @@ fn task_alerts() -> Vec<Alert> {
             description: "{{ $value }} process(es) of task {{ $labels.task }} of job {{ $labels.exported_job }} (allocation {{ $labels.alloc_id }}) were still alive after the task's main process ended, in the last 5 minutes; the driver killed them. Left alone they would have kept running outside Nomad's control.\n\
                           The Driver task event names them. This concerns tasks with isolation = \"none\" or pid_mode = \"host\", whose children call setsid or daemonize.\n\
                           What to do: make the task wait for its children (or not daemonize them), or run it with a private pid namespace.",
+        },
+        Alert {
+            name: "BpfexecTaskPidsLimitReached",
+            expr: "task:bpfexec_task_pids_limit_hits:increase5m > 0".to_owned(),
+            for_: "0m",
+            severity: Severity::Warning,
+            summary: "Task {{ $labels.exported_job }}/{{ $labels.task_group }}/{{ $labels.task }} reached its process-count limit",
+            description: "The kernel refused {{ $value }} fork(s) or clone(s) of task {{ $labels.task }} of job {{ $labels.exported_job }} (allocation {{ $labels.alloc_id }}) in the last 5 minutes because the task reached its pids_max. The process that tried got EAGAIN: a worker pool may be short of workers, or a fork bomb was contained.\n\
+                          The Driver task event (nomad alloc status {{ $labels.alloc_id }}) names the limit; the bpfexec / Tasks dashboard shows live processes and the fork rate.\n\
+                          What to do: raise pids_max in the task's config if the task needs more processes, or find what forks in a loop.",
         },
         Alert {
             name: "BpfexecTaskMemoryPressure",

@@ -278,7 +278,7 @@ fn processes_row(s: &Scope) -> Row {
                 "Processes of the task that are alive now, as the eBPF probes track them by \
                  lineage (including any that left the task's process group).",
             )
-            .size(8, 8)
+            .size(6, 8)
             .query(q(
                 format!(
                     "sum by ({TASK_BY}) ({})",
@@ -293,7 +293,7 @@ fn processes_row(s: &Scope) -> Row {
                 "Successful execs and new processes per second in each task: a busy shell \
                  loop or a fork storm shows here first.",
             )
-            .size(8, 8)
+            .size(6, 8)
             .query(q(
                 format!(
                     "sum by (exported_job, task) (rate({}[$__rate_interval]))",
@@ -316,7 +316,7 @@ fn processes_row(s: &Scope) -> Row {
                  limits Nomad set) or outlived the task's main process (leaked past the task's \
                  end). Each is also a Driver task event naming the process.",
             )
-            .size(8, 8)
+            .size(6, 8)
             .query(q(
                 format!(
                     "sum by (exported_job, task) ({}) > 0",
@@ -330,6 +330,23 @@ fn processes_row(s: &Scope) -> Row {
                     per_interval(&s.sel("bpfexec_task_leaked_processes_total", ""))
                 ),
                 "{{exported_job}}/{{task}} leaked",
+            )),
+            panel(
+                Viz::Bars,
+                "Process-count limit hits",
+                "short",
+                "Forks and clones the kernel refused because the task reached its process-count \
+                 limit (the pids_max task option: pids.max on cgroup v2, the pids controller on \
+                 v1). The process that tried to fork got EAGAIN; a fork bomb stays inside its \
+                 task. Each first hit is also a Driver task event.",
+            )
+            .size(6, 8)
+            .query(q(
+                format!(
+                    "sum by (exported_job, task) ({}) > 0",
+                    per_interval(&s.sel("bpfexec_task_pids_limit_hits_total", ""))
+                ),
+                "{{exported_job}}/{{task}} refused forks",
             )),
         ],
     }

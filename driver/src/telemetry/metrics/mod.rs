@@ -95,6 +95,11 @@ impl Metrics {
         lock(&self.tasks).running()
     }
 
+    /// Ended runs whose cgroup is to be read once more.
+    pub fn final_samples_due(&self) -> std::collections::HashSet<TaskKey> {
+        lock(&self.tasks).final_samples_due()
+    }
+
     /// Runs known: (running, ended and not destroyed yet).
     pub fn task_counts(&self) -> (usize, usize) {
         lock(&self.tasks).counts()
@@ -114,6 +119,11 @@ impl Metrics {
         for (key, n) in capped {
             tasks.spans_capped(*key, *n);
         }
+    }
+
+    /// Ended runs of tasks not in `known` (the plugin's task table) count as destroyed.
+    pub fn forget_unknown(&self, known: &std::collections::HashSet<TaskKey>) {
+        lock(&self.tasks).forget_unknown(known);
     }
 
     /// Drops the series of tasks destroyed longer than the retention ago.

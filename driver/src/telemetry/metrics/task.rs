@@ -67,6 +67,9 @@ struct Run {
     trace_id: String,
     live: i64,
     running: bool,
+    /// The cgroup was read once more after the run ended (a run shorter than the sampling
+    /// period still gets its OOM and limit-hit counts).
+    final_sampled: bool,
 }
 
 /// The series of one (allocation, task).
@@ -214,6 +217,11 @@ impl TaskMetrics {
             "Process spans not exported because the run reached max_process_spans",
             f.spans_capped.clone(),
         );
+        r.register(
+            "bpfexec_task_pids_limit_hits",
+            "Forks and clones the kernel refused because the task reached its pids_max",
+            f.pids_limit_hits.clone(),
+        );
         Self {
             f,
             runs: HashMap::new(),
@@ -278,6 +286,7 @@ impl TaskMetrics {
                 trace_id,
                 live: 0,
                 running,
+                final_sampled: false,
             },
         );
         labels
@@ -482,6 +491,22 @@ impl TaskMetrics {
         }
     }
 
+    /// Treats ended runs of tasks the plugin's task table no longer holds (`known`) as
+    /// destroyed now: a restarted plugin that Nomad never asks to recover or destroy a task
+    /// that ended meanwhile would otherwise keep its series for ever. A task recovered later
+    /// opens its series again.
+    pub fn forget_unknown(&mut self, known: &HashSet<TaskKey>) {
+        let gone: Vec<TaskKey> = self
+            .runs
+            .iter()
+            .filter(|(key, run)| !run.running && !known.contains(key))
+            .map(|(key, _)| *key)
+            .collect();
+        for key in gone {
+            self.destroyed(key);
+        }
+    }
+
     /// Removes every series of tasks destroyed more than `retention` ago.
     pub fn sweep(&mut self, now: Instant, retention: Duration) {
         let expired: Vec<TaskLabels> = self
@@ -568,17 +593,21 @@ impl TaskMetrics {
         }
     }
 
-    /// Records a reading of the task's memory cgroup (a running task of `key`).
+    /// Records a reading of the task's memory cgroup (while the run of `key` runs, and once
+    /// after it ended).
     pub fn cgroup_sample(&mut self, key: TaskKey, s: &CgroupSample) {
-        let Some(run) = self.runs.get(&key) else {
+        let Some(run) = self.runs.get_mut(&key) else {
             return;
         };
+        // After the end only the counters move: the gauges keep the run's last reading.
+        let ended = !run.running;
+        run.final_sampled |= ended;
         let labels = run.labels.clone();
         let f = &self.f;
         let Some(g) = self.groups.get_mut(&labels) else {
             return;
         };
-        if !g.memory_seen {
+        if !g.memory_seen && !s.memory_events.is_empty() {
             g.memory_seen = true;
             // Every event this cgroup version counts exists from the first reading.
             for (event, _) in &s.memory_events {
@@ -595,19 +624,21 @@ impl TaskMetrics {
             });
             grow_u64(&counter, g.mem_last.entry(event).or_insert(0), *value);
         }
-        if let Some(u) = s.usage_bytes {
-            f.memory_usage
-                .get_or_create(&labels)
-                .set(i64::try_from(u).unwrap_or(i64::MAX));
-        }
-        match s.limit_bytes {
-            Some(l) => {
-                f.memory_limit
+        if !ended {
+            if let Some(u) = s.usage_bytes {
+                f.memory_usage
                     .get_or_create(&labels)
-                    .set(i64::try_from(l).unwrap_or(i64::MAX));
+                    .set(i64::try_from(u).unwrap_or(i64::MAX));
             }
-            None => {
-                f.memory_limit.remove(&labels);
+            match s.limit_bytes {
+                Some(l) => {
+                    f.memory_limit
+                        .get_or_create(&labels)
+                        .set(i64::try_from(l).unwrap_or(i64::MAX));
+                }
+                None => {
+                    f.memory_limit.remove(&labels);
+                }
             }
         }
         for (resource, kind, total) in &s.pressure {
@@ -647,6 +678,15 @@ impl TaskMetrics {
         self.runs
             .iter()
             .filter(|(_, r)| r.running)
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
+    /// Ended runs whose cgroup has not been read since they ended.
+    pub fn final_samples_due(&self) -> HashSet<TaskKey> {
+        self.runs
+            .iter()
+            .filter(|(_, r)| !r.running && !r.final_sampled)
             .map(|(k, _)| *k)
             .collect()
     }

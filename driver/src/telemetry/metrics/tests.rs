@@ -516,3 +516,120 @@ fn health_series_follow_snapshots() {
         Some(1.0)
     );
 }
+
+#[test]
+fn ended_tasks_the_task_table_lost_expire_like_destroyed_ones() {
+    let m = Metrics::new("v1", "test");
+    m.set_retention(Duration::ZERO);
+    let base = series(&m.encode(Format::OpenMetrics));
+    let (kept, lost, live) = (identity("kept"), identity("lost"), identity("live"));
+    m.apply(&[
+        started(&kept),
+        ended(&kept, Some(ExitReason::Exited { code: 0 }), 0, 0),
+        started(&lost),
+        ended(&lost, Some(ExitReason::Exited { code: 0 }), 0, 0),
+        started(&live),
+    ]);
+    // The plugin restarted: Nomad recovered `kept` (ended) and `live` (running) only; `live`
+    // is not in the table yet either, but a running run is never forgotten.
+    let known: std::collections::HashSet<_> = [kept.key()].into_iter().collect();
+    m.forget_unknown(&known);
+    m.sweep();
+    let text = m.encode(Format::OpenMetrics);
+    assert_eq!(
+        value(&text, "bpfexec_task_starts_total", &[("alloc_id", "lost")]),
+        None
+    );
+    assert_eq!(
+        value(&text, "bpfexec_task_starts_total", &[("alloc_id", "kept")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&text, "bpfexec_task_starts_total", &[("alloc_id", "live")]),
+        Some(1.0)
+    );
+    assert_eq!(m.task_groups(), 2);
+    // Recovered after all: its series come back.
+    m.apply(&[Fact::Recovered {
+        task: Arc::clone(&lost),
+        started_at: SystemTime::now(),
+        main: MainProcess::default(),
+        running: false,
+        processes: Vec::new(),
+    }]);
+    assert!(
+        value(
+            &m.encode(Format::OpenMetrics),
+            "bpfexec_task_exits_total",
+            &[("alloc_id", "lost")]
+        )
+        .is_some()
+    );
+    for t in [kept, lost, live] {
+        m.apply(&[Fact::Destroyed { task: t }]);
+    }
+    m.sweep();
+    assert_eq!(series(&m.encode(Format::OpenMetrics)), base);
+}
+
+#[test]
+fn pids_limit_hits_follow_the_kernel_total_from_zero() {
+    let m = Metrics::new("v1", "test");
+    let t = identity("p");
+    m.apply(&[started(&t)]);
+    let text = m.encode(Format::OpenMetrics);
+    assert_eq!(
+        value(
+            &text,
+            "bpfexec_task_pids_limit_hits_total",
+            &[("alloc_id", "p")]
+        ),
+        Some(0.0),
+        "present at 0 from the start"
+    );
+    let hits = |n| Fact::PidsLimit {
+        key: t.key(),
+        at: SystemTime::now(),
+        pids_max: 8,
+        hits_total: n,
+    };
+    m.apply(&[hits(3), hits(12)]);
+    assert_eq!(
+        value(
+            &m.encode(Format::OpenMetrics),
+            "bpfexec_task_pids_limit_hits_total",
+            &[("alloc_id", "p")]
+        ),
+        Some(12.0)
+    );
+}
+
+#[test]
+fn a_run_shorter_than_the_sampling_period_gets_one_reading_after_its_end() {
+    let m = Metrics::new("v2", "test");
+    let t = identity("short");
+    m.apply(&[
+        started(&t),
+        ended(&t, Some(ExitReason::Exited { code: 0 }), 0, 0),
+    ]);
+    assert!(m.final_samples_due().contains(&t.key()));
+    m.cgroup_samples(&[(
+        t.key(),
+        CgroupSample {
+            memory_events: vec![("max", 4), ("oom_kill", 1)],
+            usage_bytes: None,
+            limit_bytes: None,
+            pressure: Vec::new(),
+        },
+    )]);
+    assert!(m.final_samples_due().is_empty(), "read once, not again");
+    let text = m.encode(Format::OpenMetrics);
+    assert_eq!(
+        value(
+            &text,
+            "bpfexec_task_memory_events_total",
+            &[("alloc_id", "short"), ("event", "oom_kill")]
+        ),
+        Some(1.0)
+    );
+}
