@@ -17,7 +17,7 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use bpfexec_e2e::observe::KillBot;
 use bpfexec_e2e::observe::scenario::{GATE, HOG, go, start_gated};
 use bpfexec_e2e::peers::{Jaeger, JaegerOptions, Prometheus, PrometheusConfig, ScrapeJob, Trace};
-use bpfexec_e2e::suite::{self, TIMEOUT};
+use bpfexec_e2e::suite::{self, TIMEOUT, alloc_file, wait_file};
 use bpfexec_e2e::wait::{POLL, poll_until};
 use bpfexec_e2e::{Agent, AgentOptions, Check, procs, run_checks};
 use nix::sys::signal::Signal;
@@ -161,6 +161,10 @@ fn telemetry() {
                 Check {
                     name: "recovered_keeps_one_trace",
                     run: recovered_keeps_one_trace,
+                },
+                Check {
+                    name: "downtime_processes_in_trace",
+                    run: downtime_processes_in_trace,
                 },
                 Check {
                     name: "nomad_alloc_series_as_for_exec",
@@ -491,6 +495,46 @@ fn recovered_keeps_one_trace(agent: &mut Agent) -> Result<()> {
     ensure!(
         traces[0].spans_named("start").count() == 1,
         "one start span"
+    );
+    Ok(())
+}
+
+/// The agent (and so the plugin) is stopped while a task runs; meanwhile the task runs `cat`,
+/// which starts and ends while no plugin is up. After the restart the run's one trace has a
+/// span for it, filled in from what the pinned probes recorded.
+fn downtime_processes_in_trace(agent: &mut Agent) -> Result<()> {
+    let script = format!(
+        "{GATE}cat /dev/null\necho ran > /alloc/ran\n\
+         while [ ! -e /alloc/go2 ]; do sleep 0.1; done\nexit 0"
+    );
+    let job = suite::batch("tel-downtime").shell(&script);
+    let (_job, alloc, main) = start_gated(agent, &job.to_hcl())?;
+    agent.stop()?;
+    poll_until("the plugin to exit with the agent", TIMEOUT, POLL, |last| {
+        let pids = agent.plugin_pids();
+        *last = format!("{pids:?}");
+        Ok(pids.is_empty().then_some(()))
+    })?;
+    go(agent, &alloc, "go")?;
+    wait_file(&alloc_file(agent, &alloc, "ran"), TIMEOUT)?;
+    agent.restart()?;
+    go(agent, &alloc, "go2")?;
+    agent
+        .api()
+        .wait_alloc_status(&alloc, &["complete"], TIMEOUT)?;
+    let t = trace_of(&alloc, |t| {
+        has_root(t) && t.spans_named("cat").next().is_some()
+    })?;
+    let cat = t.spans_named("cat").next().context("no cat span")?;
+    ensure!(
+        int(cat, "process.parent_pid") == Some(i64::from(main)),
+        "the cat span's parent is the main process:\n{}",
+        t.render_tree()
+    );
+    ensure!(
+        t.spans_named("task task").count() == 1,
+        "one root span:\n{}",
+        t.render_tree()
     );
     Ok(())
 }
