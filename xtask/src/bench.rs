@@ -2,18 +2,24 @@
 //! real agent (server + client on loopback, raw_exec enabled, exec available as root) in one
 //! run: task start latency, per-task helper-process memory (RSS and PSS), the cost of the
 //! eBPF probes on an exec storm, and the probe event rate the driver sustains with zero loss
-//! (`throughput`). Results go to `target/bench/results.{json,md}`. The driver is built with
+//! (`throughput`); then, on a second agent exporting OTLP to a real Jaeger and scraped by a
+//! real Prometheus, the cost of telemetry, the span export rate and `/metrics` with many tasks
+//! (`telemetry`). Results go to `target/bench/results.{json,md}`. The driver is built with
 //! `--release` unless `--debug` is given. Ctrl-C stops the jobs and the agent.
 
 mod agentlog;
 mod bpfstats;
 mod dirwatch;
+mod exposition;
 mod jobs;
 mod latency;
 mod memory;
 mod output;
+mod scrape;
+mod spans;
 mod stats;
 mod storm;
+mod telemetry;
 mod throughput;
 
 use std::time::{Duration, Instant};
@@ -40,13 +46,17 @@ struct Options {
     throughput_secs: f64,
     throughput_rates: Vec<u64>,
     throughput_load: usize,
+    telemetry_tasks: usize,
+    span_burst: usize,
+    span_loops: usize,
 }
 
 const USAGE: &str = "cargo xtask bench [--debug] [--reps N (10)] [--exec-reps N (3)] [--tasks K (6)] \
                      [--storm-execs N (3000)] [--storm-reps N (4)] [--throughput-secs S (5)] \
                      [--throughput-rates R,R,... (10k,25k,50k,75k,100k,150k,200k)] \
-                     [--throughput-load N (0) host busy loops during it]; a count or duration of 0 \
-                     skips that measurement";
+                     [--throughput-load N (0) host busy loops during it] [--telemetry-tasks K (200)] \
+                     [--span-burst N (12000)] [--span-loops L (4)]; a count or duration of 0 skips \
+                     that measurement";
 
 fn parse(args: &[String]) -> Result<Options> {
     let mut o = Options {
@@ -60,6 +70,9 @@ fn parse(args: &[String]) -> Result<Options> {
         throughput_secs: 5.0,
         throughput_rates: throughput::DEFAULT_RATES.to_vec(),
         throughput_load: 0,
+        telemetry_tasks: 200,
+        span_burst: 12_000,
+        span_loops: 4,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -87,6 +100,9 @@ fn parse(args: &[String]) -> Result<Options> {
             }
             "--throughput-rates" => o.throughput_rates = throughput::parse_rates(value()?)?,
             "--throughput-load" => o.throughput_load = number()?,
+            "--telemetry-tasks" => o.telemetry_tasks = number()?,
+            "--span-burst" => o.span_burst = number()?,
+            "--span-loops" => o.span_loops = number()?.max(1),
             other => bail!("unknown `bench` option `{other}`\nusage: {USAGE}"),
         }
     }
@@ -291,8 +307,41 @@ fn storms_without_agent(opts: &Options, runs: &mut Vec<storm::Run>) -> Result<()
     host_storms(opts, opts.storm_reps, Place::HostProbesOff, None, runs)
 }
 
+/// `/proc/loadavg`'s three averages (the machine is shared: the figures say how busy it was).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn measure_telemetry(
+    opts: &Options,
+    runs: &mut Vec<storm::Run>,
+) -> Result<Option<telemetry::Report>> {
+    let plan = telemetry::Plan {
+        storm_reps: opts.storm_reps,
+        storm_execs: opts.storm_execs,
+        burst_processes: opts.span_burst,
+        burst_loops: opts.span_loops,
+        tasks: opts.telemetry_tasks,
+    };
+    if plan.storm_reps == 0 && plan.burst_processes == 0 && plan.tasks == 0 {
+        return Ok(None);
+    }
+    let t = phase(
+        "telemetry: a second agent exporting OTLP to a real Jaeger, scraped by a real Prometheus",
+    );
+    let report = telemetry::run(&plan, runs)?;
+    done(t);
+    Ok(Some(report))
+}
+
 fn inner(opts: &Options) -> Result<()> {
     let t0 = Instant::now();
+    let load_start = loadavg();
     let mut storm_runs = Vec::new();
     let mut foreign = storm::foreign_plugins(None);
     if opts.storm_reps > 0 {
@@ -326,6 +375,7 @@ fn inner(opts: &Options) -> Result<()> {
         foreign = foreign.max(storm::foreign_plugins(None));
         done(t);
     }
+    let telemetry = measure_telemetry(opts, &mut storm_runs)?;
 
     let attr = |key: &str| node.attributes.get(key).cloned().unwrap_or_default();
     let results = output::Results {
@@ -344,6 +394,9 @@ fn inner(opts: &Options) -> Result<()> {
             "memory_tasks_per_driver": opts.tasks,
             "storm": format!("{} execs x {} reps per place", opts.storm_execs, opts.storm_reps),
             "throughput": format!("{} s per step, target rates {:?}/s, {} host busy loops", opts.throughput_secs, opts.throughput_rates, opts.throughput_load),
+            "telemetry": format!("{} running tasks for /metrics, span burst of {} processes from {} loops", opts.telemetry_tasks, opts.span_burst, opts.span_loops),
+            "loadavg_start": load_start,
+            "loadavg_end": loadavg(),
             "bench_duration_s": t0.elapsed().as_secs(),
         }),
         latency,
@@ -352,6 +405,7 @@ fn inner(opts: &Options) -> Result<()> {
         storm_execs: opts.storm_execs,
         foreign_plugins: foreign,
         throughput,
+        telemetry,
     };
     let (json_path, md_path) = results.write()?;
     println!("\n{}", results.to_markdown());

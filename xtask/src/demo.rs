@@ -2,7 +2,9 @@
 //! loopback with the bpfexec plugin (raw mode allowed) that runs every `examples/*.nomad.hcl`
 //! and prints what happened (allocation status, task events, exit codes, logs, the node's
 //! `driver.bpfexec.*` fingerprint), with a real Prometheus and Jaeger watching the agent and the
-//! driver (`demo/telemetry.rs`). Without `--once` the agent stays up until Ctrl-C; with
+//! driver (`demo/telemetry.rs`): after each example, its non-zero task series from Prometheus
+//! and each task's trace from Jaeger drawn as a tree (`demo/task_view.rs`,
+//! `demo/trace_view.rs`). Without `--once` the agent stays up until Ctrl-C; with
 //! `--once` everything is torn down and the exit status says whether every example ended as
 //! its `# expect:` header says.
 
@@ -10,7 +12,9 @@ mod detach;
 mod examples;
 mod report;
 mod show;
+mod task_view;
 mod telemetry;
+mod trace_view;
 
 pub use detach::{
     INNER_FLAG, check as check_interrupted, install as install_signal_handling, interrupted,
@@ -127,7 +131,11 @@ fn inner(opts: &Options) -> Result<()> {
             ex.path.display(),
             ex.expect.summary()
         );
-        verdicts.push(show::run(agent.api(), ex));
+        let verdict = show::run(agent.api(), ex);
+        if let Some(alloc) = &verdict.alloc_id {
+            print!("{}", peers.example(alloc, &verdict.tasks));
+        }
+        verdicts.push(verdict);
     }
     summary(&verdicts, examples.len());
     print!("\n==> what the telemetry peers saw\n{}", peers.summary());

@@ -39,10 +39,13 @@ commands:
                              the dashboards' structure, run promtool check/test
   bench [--debug] [--reps N] [--exec-reps N] [--tasks K] [--storm-execs N] [--storm-reps N]
         [--throughput-secs S] [--throughput-rates R,R,...] [--throughput-load N]
+        [--telemetry-tasks K] [--span-burst N] [--span-loops L]
                              bpfexec vs exec vs raw_exec on one agent: start latency, helper
                              memory per task, eBPF probe cost on an exec storm, probe events/s
-                             sustained with zero loss; 0 skips a measurement; writes
-                             target/bench/results.{json,md}
+                             sustained with zero loss; then with OTLP export to a real Jaeger and
+                             a real Prometheus scraping: the storm's overhead, spans/s exported,
+                             /metrics and plugin RSS with K running tasks; 0 skips a
+                             measurement; writes target/bench/results.{json,md}
   vm-test [--full] [--v2-only|--6.1-only] [--start-time]
                              boot QEMU guests (installed into the cache): privileged tests and
                              an e2e subset with a real Nomad client on a cgroup-v2-only 6.12

@@ -57,7 +57,7 @@ pub struct Group {
 }
 
 impl Group {
-    fn of(pids: &[i32]) -> Self {
+    pub fn of(pids: &[i32]) -> Self {
         let mut mem = Mem::default();
         for p in pids {
             mem.add(mem_of(*p));
@@ -68,7 +68,7 @@ impl Group {
         }
     }
 
-    fn to_json(self, tasks: usize) -> Value {
+    pub fn to_json(self, tasks: usize) -> Value {
         let per = |v: u64| (v as f64 / tasks.max(1) as f64 / 1024.0 * 100.0).round() / 100.0;
         json!({
             "processes": self.count,
@@ -113,7 +113,7 @@ fn agent_children_matching(agent: &Agent, word: &str) -> Vec<i32> {
         .collect()
 }
 
-fn bpfexec_helpers(agent: &Agent) -> Vec<i32> {
+pub fn bpfexec_helpers(agent: &Agent) -> Vec<i32> {
     let plugin = agent.plugin_path();
     let plugins = agent.plugin_pids();
     procs::find(|p| {

@@ -11,7 +11,7 @@ use super::jobs::Driver;
 use super::latency::{self, Sample};
 use super::memory::Measurement;
 use super::storm::{self, Place, Run};
-use super::throughput;
+use super::{telemetry, throughput};
 use crate::tools;
 
 /// Everything one bench run produced.
@@ -23,6 +23,7 @@ pub struct Results {
     pub storm_execs: usize,
     pub foreign_plugins: usize,
     pub throughput: Option<throughput::Report>,
+    pub telemetry: Option<telemetry::Report>,
 }
 
 fn mib(kib: u64, tasks: usize) -> f64 {
@@ -49,6 +50,7 @@ impl Results {
                 "places": storm::to_json(&self.storm),
             },
             "probe_throughput": self.throughput.as_ref().map(throughput::Report::to_json),
+            "telemetry": self.telemetry.as_ref().map(telemetry::Report::to_json),
         })
     }
 
@@ -102,6 +104,9 @@ impl Results {
         }
         self.storm_markdown(&mut md);
         self.throughput_markdown(&mut md);
+        if let Some(t) = &self.telemetry {
+            md.push_str(&telemetry::markdown::section(t, &self.storm));
+        }
         md
     }
 

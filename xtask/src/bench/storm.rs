@@ -26,15 +26,19 @@ pub enum Place {
     TaskBpfexec,
     TaskBpfexecRaw,
     TaskRawExec,
+    /// A tracked bpfexec task on the agent whose driver exports OTLP to a real Jaeger and is
+    /// scraped by a real Prometheus (`bench/telemetry.rs`).
+    TaskBpfexecTelemetry,
 }
 
 impl Place {
-    pub const ALL: [Place; 5] = [
+    pub const ALL: [Place; 6] = [
         Place::HostProbesOff,
         Place::HostProbesOn,
         Place::TaskBpfexec,
         Place::TaskBpfexecRaw,
         Place::TaskRawExec,
+        Place::TaskBpfexecTelemetry,
     ];
 
     pub fn key(self) -> &'static str {
@@ -44,6 +48,7 @@ impl Place {
             Place::TaskBpfexec => "task_bpfexec",
             Place::TaskBpfexecRaw => "task_bpfexec_isolation_none",
             Place::TaskRawExec => "task_raw_exec",
+            Place::TaskBpfexecTelemetry => "task_bpfexec_otlp_scraped",
         }
     }
 
@@ -54,6 +59,9 @@ impl Place {
             Place::TaskBpfexec => "bpfexec task (isolated; tracked)",
             Place::TaskBpfexecRaw => "bpfexec task, isolation = \"none\" (tracked)",
             Place::TaskRawExec => "raw_exec task (probes loaded, untracked)",
+            Place::TaskBpfexecTelemetry => {
+                "bpfexec task (tracked), OTLP export to Jaeger + Prometheus scrape"
+            }
         }
     }
 }
@@ -156,7 +164,7 @@ pub fn cpu_seconds(pid: i32) -> f64 {
 /// A storm inside a task on `agent`.
 pub fn in_task(agent: &Agent, place: Place, execs: usize, index: usize) -> Result<Run> {
     let (driver, extra) = match place {
-        Place::TaskBpfexec => ("bpfexec", ""),
+        Place::TaskBpfexec | Place::TaskBpfexecTelemetry => ("bpfexec", ""),
         Place::TaskBpfexecRaw => ("bpfexec", "\n      isolation = \"none\""),
         Place::TaskRawExec => ("raw_exec", ""),
         _ => bail!("{place:?} is not a task storm"),

@@ -21,6 +21,10 @@ pub struct Verdict {
     pub name: String,
     pub expected: String,
     pub problems: Vec<String>,
+    /// The example's allocation, once placed.
+    pub alloc_id: Option<String>,
+    /// Its tasks.
+    pub tasks: Vec<String>,
 }
 
 impl Verdict {
@@ -76,6 +80,8 @@ pub fn run(api: &Client, ex: &Example) -> Verdict {
         name: ex.name(),
         expected: ex.expect.summary(),
         problems: Vec::new(),
+        alloc_id: None,
+        tasks: Vec::new(),
     };
     if let Err(e) = run_inner(api, ex, &mut verdict) {
         println!("    ERROR: {e:#}");
@@ -87,6 +93,7 @@ pub fn run(api: &Client, ex: &Example) -> Verdict {
 fn run_inner(api: &Client, ex: &Example, verdict: &mut Verdict) -> Result<()> {
     let job = api.register_job(&ex.hcl)?;
     let alloc_id = api.wait_job_alloc(&job, PLACE_TIMEOUT)?;
+    verdict.alloc_id = Some(alloc_id.clone());
     println!(
         "  job {job:?}, allocation {} (nomad alloc status {})",
         report::short(&alloc_id),
@@ -128,6 +135,12 @@ fn run_inner(api: &Client, ex: &Example, verdict: &mut Verdict) -> Result<()> {
         }
         done
     };
+    verdict.tasks = alloc
+        .task_states
+        .iter()
+        .flatten()
+        .map(|(t, _)| t.clone())
+        .collect();
     check_exit_and_logs(api, ex, &alloc, verdict);
     Ok(())
 }

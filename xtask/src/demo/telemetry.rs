@@ -83,6 +83,19 @@ impl Peers {
         out
     }
 
+    /// What the peers saw of one example's allocation `alloc` with `tasks`: its non-zero task
+    /// series and each task's trace drawn as a tree (see `task_view`).
+    pub fn example(&self, alloc: &str, tasks: &[String]) -> String {
+        let mut out = String::new();
+        if let Some(p) = &self.prometheus {
+            out.push_str(&super::task_view::metrics(p, alloc, tasks.len(), "  "));
+        }
+        if let Some(j) = &self.jaeger {
+            out.push_str(&super::task_view::traces(j, alloc, tasks, "  "));
+        }
+        out
+    }
+
     /// What the peers saw: scrape health, the driver's task series, the driver's traces.
     pub fn summary(&self) -> String {
         let mut out = String::new();
