@@ -5,6 +5,7 @@
 //! driver's target meanwhile (it scrapes every second), and the plugin's RSS and CPU with the
 //! K tasks running, against the same figures with none.
 
+use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
@@ -79,9 +80,10 @@ pub fn job_hcl(id: &str, tasks: usize) -> String {
     let per = tasks.min(TASKS_PER_GROUP);
     let mut body = String::new();
     for t in 0..per {
-        body.push_str(&format!(
+        let _ = write!(
+            body,
             "    task \"t{t}\" {{\n      driver = \"bpfexec\"\n      config {{\n        command = \"/bin/sleep\"\n        args    = [\"3600\"]\n      }}\n      logs {{\n        disabled = true\n      }}\n      resources {{\n        cpu    = 10\n        memory = 10\n      }}\n    }}\n"
-        ));
+        );
     }
     format!(
         "job \"{id}\" {{\n  datacenters = [\"*\"]\n  type        = \"service\"\n  group \"g\" {{\n    count = {groups}\n    restart {{\n      attempts = 0\n      mode     = \"fail\"\n    }}\n{body}  }}\n}}\n"

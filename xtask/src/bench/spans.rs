@@ -124,7 +124,10 @@ pub fn run(
             bail!("interrupted");
         }
         let now = Otlp::read(http_addr)?;
-        if samples.last().is_some_and(|s| s.1 != now.exported) {
+        if samples
+            .last()
+            .is_some_and(|s| (s.1 - now.exported).abs() > 0.5)
+        {
             last_change = Instant::now();
         }
         samples.push((t0.elapsed().as_secs_f64(), now.exported));

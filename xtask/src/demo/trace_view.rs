@@ -157,8 +157,7 @@ fn event_line(log: &Log) -> Option<String> {
 fn sender(log: &Log, prefix: &str) -> String {
     let f = |k: &str| {
         log.field(&format!("{prefix}.{k}"))
-            .map(ToString::to_string)
-            .unwrap_or_else(|| "?".to_owned())
+            .map_or_else(|| "?".to_owned(), ToString::to_string)
     };
     let uid = log
         .field(&format!("{prefix}.uid"))

@@ -56,6 +56,12 @@ pub fn section(r: &Report, runs: &[Run]) -> String {
                 .join(", "),
         );
     }
+    burst(r, &mut md);
+    scrape(r, &mut md);
+    md
+}
+
+fn burst(r: &Report, md: &mut String) {
     if let Some(b) = &r.burst {
         let _ = write!(
             md,
@@ -77,6 +83,9 @@ pub fn section(r: &Report, runs: &[Run]) -> String {
                 .map_or("no trace".to_owned(), |n| n.to_string()),
         );
     }
+}
+
+fn scrape(r: &Report, md: &mut String) {
     if let Some(s) = &r.scrape {
         let _ = write!(
             md,
@@ -132,5 +141,4 @@ pub fn section(r: &Report, runs: &[Run]) -> String {
             mib(s.supervisors.mem.pss_kib) / s.tasks.max(1) as f64,
         );
     }
-    md
 }
