@@ -20,6 +20,13 @@ job "killed-from-outside" {
       mode     = "fail"
     }
 
+    # The failure is the point: Nomad must not place the pair again (a batch job's default is
+    # one reschedule after 5 s).
+    reschedule {
+      attempts  = 0
+      unlimited = false
+    }
+
     task "worker" {
       driver = "bpfexec"
 
