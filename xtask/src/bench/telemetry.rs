@@ -44,6 +44,8 @@ pub struct Report {
     pub storms: Vec<StormSpans>,
     pub burst: Option<Burst>,
     pub scrape: Option<scrape::Report>,
+    /// Parts that failed (the others still ran and are reported).
+    pub problems: Vec<String>,
 }
 
 impl Report {
@@ -58,6 +60,7 @@ impl Report {
             })).collect::<Vec<_>>(),
             "span_burst": self.burst.as_ref().map(Burst::to_json),
             "metrics_with_many_tasks": self.scrape.as_ref().map(scrape::Report::to_json),
+            "problems": self.problems,
         })
     }
 }
@@ -93,8 +96,18 @@ fn start_agent(jaeger: &Jaeger, http_addr: &str, plan: &Plan) -> Result<Agent> {
     )
 }
 
-/// Runs the phase; its storms are also appended to `runs` (the storm table's last row).
-pub fn run(plan: &Plan, runs: &mut Vec<storm::Run>) -> Result<Report> {
+/// Runs the phase; its storms are also appended to `runs` (the storm table's last row). A part
+/// that fails is recorded in [`Report::problems`] and the next part runs.
+pub fn run(plan: &Plan, runs: &mut Vec<storm::Run>) -> Report {
+    let mut report = Report::default();
+    if let Err(e) = run_parts(plan, runs, &mut report) {
+        println!("    FAILED: {e:#}");
+        report.problems.push(format!("{e:#}"));
+    }
+    report
+}
+
+fn run_parts(plan: &Plan, runs: &mut Vec<storm::Run>, report: &mut Report) -> Result<()> {
     let jaeger = Jaeger::start(&JaegerOptions::default())?;
     let http_addr = format!("127.0.0.1:{}", bpfexec_e2e::env::free_port()?);
     let agent = start_agent(&jaeger, &http_addr, plan)?;
@@ -111,69 +124,99 @@ pub fn run(plan: &Plan, runs: &mut Vec<storm::Run>) -> Result<Report> {
         jaeger.otlp_grpc_endpoint(),
         prometheus.url()
     );
-    let mut report = Report::default();
-    if plan.storm_reps > 0 {
-        let _stats = bpfstats::enable()?;
-        for i in 0..plan.storm_reps {
-            demo::check_interrupted()?;
-            let before = Otlp::read(&http_addr)?;
-            let r = storm::in_task(&agent, Place::TaskBpfexecTelemetry, plan.storm_execs, i)?;
-            let otlp = settled(&http_addr)?.since(before);
-            super::print_run(&r);
-            println!(
-                "      spans exported {:.0}, dropped {:.0}, export errors {:.0}",
-                otlp.exported, otlp.dropped, otlp.errors
-            );
-            runs.push(r.clone());
-            report.storms.push(StormSpans { run: r, otlp });
+    let mut attempt = |what: &str, part: &mut dyn FnMut(&mut Report) -> Result<()>| {
+        if let Err(e) = demo::check_interrupted().and_then(|()| part(report)) {
+            println!("    {what} FAILED: {e:#}");
+            report.problems.push(format!("{what}: {e:#}"));
         }
+    };
+    if plan.storm_reps > 0 {
+        attempt("exec storms with telemetry", &mut |report| {
+            storms(&agent, &http_addr, plan, runs, report)
+        });
     }
     if plan.burst_processes > 0 {
-        demo::check_interrupted()?;
-        let b = spans::run(
-            &agent,
-            &http_addr,
-            &jaeger,
-            plan.burst_processes,
-            plan.burst_loops,
-        )?;
-        println!(
-            "    span burst: {} processes in {:.1} s ({:.0}/s) → {:.0} spans exported in {:.1} s = {:.0} spans/s (peak {:.0} in 1 s), dropped {:.0}, export errors {:.0}; Jaeger holds {:?} spans of the trace",
-            b.processes,
-            b.storm_wall_s,
-            b.processes_per_s().unwrap_or(0.0),
-            b.delta.exported,
-            b.export_window_s,
-            b.spans_per_s().unwrap_or(0.0),
-            b.peak_per_s,
-            b.delta.dropped,
-            b.delta.errors,
-            b.jaeger_spans
-        );
-        report.burst = Some(b);
+        attempt("span burst", &mut |report| {
+            let b = spans::run(
+                &agent,
+                &http_addr,
+                &jaeger,
+                plan.burst_processes,
+                plan.burst_loops,
+            )?;
+            print_burst(&b);
+            report.burst = Some(b);
+            Ok(())
+        });
     }
     if plan.tasks > 0 {
-        demo::check_interrupted()?;
-        let s = scrape::run(&agent, &http_addr, Some(&prometheus), plan.tasks)?;
-        for f in &s.formats {
-            if let Some(m) = super::stats::Summary::of(&f.ms) {
-                println!(
-                    "    GET /metrics {}: median {:.1} ms, max {:.1} ms, {} bytes, {} samples",
-                    f.name, m.median, m.max, f.bytes, f.samples
-                );
-            }
-        }
-        println!(
-            "    plugin RSS {:.1} MiB with {} tasks ({:.1} MiB with none), CPU {:.2}% of a core while idle and scraped",
-            s.plugin_loaded.mem.rss_kib as f64 / 1024.0,
-            s.tasks,
-            s.plugin_idle.mem.rss_kib as f64 / 1024.0,
-            s.plugin_cpu_pct
-        );
-        report.scrape = Some(s);
+        attempt("/metrics with many tasks", &mut |report| {
+            let s = scrape::run(&agent, &http_addr, Some(&prometheus), plan.tasks)?;
+            print_scrape(&s);
+            report.scrape = Some(s);
+            Ok(())
+        });
     }
     drop(agent);
     drop(prometheus);
     drop(jaeger);
-    Ok(report)
+    Ok(())
+}
+
+fn storms(
+    agent: &Agent,
+    http_addr: &str,
+    plan: &Plan,
+    runs: &mut Vec<storm::Run>,
+    report: &mut Report,
+) -> Result<()> {
+    let _stats = bpfstats::enable()?;
+    for i in 0..plan.storm_reps {
+        demo::check_interrupted()?;
+        let before = Otlp::read(http_addr)?;
+        let r = storm::in_task(agent, Place::TaskBpfexecTelemetry, plan.storm_execs, i)?;
+        let otlp = settled(http_addr)?.since(before);
+        super::print_run(&r);
+        println!(
+            "      spans exported {:.0}, dropped {:.0}, export errors {:.0}",
+            otlp.exported, otlp.dropped, otlp.errors
+        );
+        runs.push(r.clone());
+        report.storms.push(StormSpans { run: r, otlp });
+    }
+    Ok(())
+}
+
+fn print_burst(b: &Burst) {
+    println!(
+        "    span burst: {} processes in {:.1} s ({:.0}/s) → {:.0} spans exported in {:.1} s = {:.0} spans/s (peak {:.0} in 1 s), dropped {:.0}, export errors {:.0}; Jaeger holds {:?} spans of the trace",
+        b.processes,
+        b.storm_wall_s,
+        b.processes_per_s().unwrap_or(0.0),
+        b.delta.exported,
+        b.export_window_s,
+        b.spans_per_s().unwrap_or(0.0),
+        b.peak_per_s,
+        b.delta.dropped,
+        b.delta.errors,
+        b.jaeger_spans
+    );
+}
+
+fn print_scrape(s: &scrape::Report) {
+    for f in &s.formats {
+        if let Some(m) = super::stats::Summary::of(&f.ms) {
+            println!(
+                "    GET /metrics {}: median {:.1} ms, max {:.1} ms, {} bytes, {} samples",
+                f.name, m.median, m.max, f.bytes, f.samples
+            );
+        }
+    }
+    println!(
+        "    plugin RSS {:.1} MiB with {} tasks ({:.1} MiB with none), CPU {:.2}% of a core while idle and scraped",
+        s.plugin_loaded.mem.rss_kib as f64 / 1024.0,
+        s.tasks,
+        s.plugin_idle.mem.rss_kib as f64 / 1024.0,
+        s.plugin_cpu_pct
+    );
 }

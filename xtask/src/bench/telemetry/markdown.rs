@@ -58,6 +58,9 @@ pub fn section(r: &Report, runs: &[Run]) -> String {
     }
     burst(r, &mut md);
     scrape(r, &mut md);
+    for p in &r.problems {
+        let _ = writeln!(md, "\nFAILED: {p}");
+    }
     md
 }
 
