@@ -9,6 +9,7 @@
 
 mod agentlog;
 mod bpfstats;
+mod cpu;
 mod dirwatch;
 mod exposition;
 mod jobs;
@@ -164,7 +165,7 @@ fn wait_builtin_drivers(agent: &Agent) -> Result<()> {
 fn print_run(r: &storm::Run) {
     let probes = r.probes.as_ref().map_or(String::new(), |p| {
         format!(
-            "  probes {:.1} ms in {} runs of {} progs  plugin cpu {:.2} s  => {:.2}%",
+            "  probes {:.1} ms in {} runs of {} progs  plugin cpu {:.3} s  => {:.2}%",
             p.total.run_time_ns as f64 / 1e6,
             p.total.run_cnt,
             p.total.programs,

@@ -176,7 +176,7 @@ impl Results {
                 cell("cpu_s", "median", 3),
                 cell("probe_run_time_ms", "median", 1),
                 cell("probe_runs", "median", 0),
-                cell("plugin_cpu_s", "median", 2),
+                cell("plugin_cpu_s", "median", 3),
                 cell("probe_plus_plugin_overhead_pct", "median", 2),
                 cell("probe_plus_plugin_overhead_pct", "p90", 2),
             );

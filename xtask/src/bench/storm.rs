@@ -15,6 +15,7 @@ use bpfexec_e2e::{Agent, JobSpec, procs};
 use serde_json::{Value, json};
 
 use super::bpfstats::{self, Probes};
+use super::cpu;
 use super::jobs;
 use super::stats::{Summary, json_of};
 
@@ -110,17 +111,20 @@ fn minutes_seconds(word: &str) -> Option<f64> {
     Some(m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
 }
 
-/// Our plugin's CPU seconds and the bpfexec probes' counters now.
-fn counters(agent: Option<&Agent>) -> Option<(f64, Probes)> {
+/// Our plugin's CPU (per thread, ns resolution) and the bpfexec probes' counters now.
+fn counters(agent: Option<&Agent>) -> Option<(cpu::Snapshot, Probes)> {
     let pids = agent?.plugin_pids();
-    let cpu = pids.iter().copied().map(cpu_seconds).sum();
+    let cpu = cpu::Snapshot::read(&pids);
     Some((cpu, bpfstats::read(&bpfstats::probe_ids(&pids))))
 }
 
 /// Differences of [`counters`] since `before`.
-fn deltas(agent: Option<&Agent>, before: Option<(f64, Probes)>) -> (Option<f64>, Option<Probes>) {
+fn deltas(
+    agent: Option<&Agent>,
+    before: Option<(cpu::Snapshot, Probes)>,
+) -> (Option<f64>, Option<Probes>) {
     match (before, counters(agent)) {
-        (Some((c0, p0)), Some((c1, p1))) => (Some(c1 - c0), Some(p1.since(&p0))),
+        (Some((c0, p0)), Some((c1, p1))) => (Some(c1.since(&c0)), Some(p1.since(&p0))),
         _ => (None, None),
     }
 }

@@ -26,6 +26,23 @@ fn median_overhead(runs: &[Run], place: Place) -> Option<f64> {
     Summary::of(&v).map(|s| s.median)
 }
 
+/// `plugin CPU <ms> ms, probes <ms> ms` per storm at `place` (medians).
+fn costs(runs: &[Run], place: Place) -> String {
+    let median = |f: fn(&Run) -> Option<f64>| {
+        let v: Vec<f64> = runs
+            .iter()
+            .filter(|r| r.place == place)
+            .filter_map(f)
+            .collect();
+        Summary::of(&v).map_or("–".to_owned(), |s| format!("{:.1}", s.median * 1e3))
+    };
+    format!(
+        "plugin CPU {} ms, probes {} ms",
+        median(|r| r.plugin_cpu_s),
+        median(|r| r.probes.as_ref().map(|p| p.total.run_time_ns as f64 / 1e9)),
+    )
+}
+
 /// The section; `runs` are all storms of the bench (the telemetry-off ones come from the first
 /// agent).
 pub fn section(r: &Report, runs: &[Run]) -> String {
@@ -45,9 +62,11 @@ pub fn section(r: &Report, runs: &[Run]) -> String {
         let _ = write!(
             md,
             "\n**Exec storm overhead** (probe time + plugin CPU over the storm's CPU, medians over {} storms \
-             each): telemetry off {off:.2}%, on {on:.2}%: **{pp:+.2} percentage points** (goal at most \
-             +{OVERHEAD_GOAL_PP:.0}: {}). Spans exported per storm: {}; dropped in all: {dropped:.0}.\n",
+             each): telemetry off {off:.2}% ({}), on {on:.2}% ({}): **{pp:+.2} percentage points** (goal at \
+             most +{OVERHEAD_GOAL_PP:.0}: {}). Spans exported per storm: {}; dropped in all: {dropped:.0}.\n",
             r.storms.len(),
+            costs(runs, Place::TaskBpfexec),
+            costs(runs, Place::TaskBpfexecTelemetry),
             verdict(pp <= OVERHEAD_GOAL_PP),
             exported
                 .iter()
