@@ -18,7 +18,7 @@ const WAIT: Duration = Duration::from_secs(20);
 const POLL: Duration = Duration::from_millis(500);
 
 /// The per-task counters worth a newcomer's look (shown when non-zero).
-const METRICS: &str = "bpfexec_task_(exits|oom_kills|signal_kills|signals_received|execs|forks|escapes|leaked_processes|memory_events)_total";
+const METRICS: &str = "bpfexec_task_(exits|oom_kills|signal_kills|signals_received|execs|forks|escapes|leaked_processes|memory_events|pids_limit_hits)_total";
 /// Labels every series of the allocation shares, shown once.
 const COMMON: [&str; 4] = ["namespace", "exported_job", "task_group", "alloc_id"];
 /// Labels Prometheus adds (target), not shown.
