@@ -2,9 +2,13 @@
 //! `oom/mark_victim` does not say, so the observer reads the victim's memory cgroup counters:
 //! cgroup v2 `memory.events` `oom` (incremented only when that cgroup hit its `memory.max`), and on
 //! cgroup v1 `memory.failcnt` (charges refused at `memory.limit_in_bytes`) of a cgroup that has a
-//! limit. A counter that moved since the last reading (taken at tracking time and refreshed
-//! periodically) marks that cgroup as the constraint; no moved counter means a system-wide OOM.
+//! limit. A counter that moved since the last reading taken before the kill (at tracking time,
+//! then periodically; each reading carries its `CLOCK_MONOTONIC` time, the clock of the kill's
+//! record) marks that cgroup as the constraint; no moved counter means a system-wide OOM. A
+//! reading taken after the kill but before its record was processed (the ring buffer drains
+//! later under load) already holds the kill and is not the baseline for it.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -141,22 +145,38 @@ impl MemcgRoots {
     }
 }
 
+/// Readings of one watched cgroup kept as possible baselines: one a second covers a backlog of
+/// half a minute between a kill and its record's processing.
+const READINGS_KEPT: usize = 32;
+
+/// A reading is a baseline for a kill only if taken this long before it: the `oom` counter
+/// moves while the kernel is still choosing the victim, just before `mark_victim`.
+const BASELINE_MARGIN_NS: u64 = 250_000_000;
+
+/// One watched cgroup: (host dir, path inside the hierarchy, readings oldest first as
+/// (`CLOCK_MONOTONIC` ns when taken, counters)).
+type Level = (PathBuf, String, VecDeque<(u64, MemcgCounters)>);
+
 /// A task's memory cgroup and its ancestors (innermost first, the hierarchy root excluded) with
-/// the last counters read from each.
+/// the recent counters read from each.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MemcgWatch {
-    levels: Vec<(PathBuf, String, Option<MemcgCounters>)>,
+    levels: Vec<Level>,
 }
 
 impl MemcgWatch {
-    /// Watches the memory cgroup `path` under `root` and its ancestors below `root`.
-    pub fn new(files: &dyn CgroupFiles, root: &Path, path: &str) -> Self {
+    /// Watches the memory cgroup `path` under `root` and its ancestors below `root`, with a
+    /// first reading at `now_ns`.
+    pub fn new(files: &dyn CgroupFiles, root: &Path, path: &str, now_ns: u64) -> Self {
         let mut levels = Vec::new();
         let mut rel = path.trim_end_matches('/').to_owned();
         while !rel.is_empty() && rel != "/" {
             let dir = root.join(rel.trim_start_matches('/'));
-            let counters = read_counters(files, &dir);
-            levels.push((dir, rel.clone(), counters));
+            let readings = read_counters(files, &dir)
+                .map(|c| (now_ns, c))
+                .into_iter()
+                .collect();
+            levels.push((dir, rel.clone(), readings));
             rel = match rel.rfind('/') {
                 Some(i) => rel[..i].to_owned(),
                 None => String::new(),
@@ -165,47 +185,54 @@ impl MemcgWatch {
         Self { levels }
     }
 
-    /// Decides the scope of an OOM kill that just happened, then takes the current readings as
-    /// the new baseline.
-    pub fn scope_of_kill(&mut self, files: &dyn CgroupFiles) -> OomScope {
+    /// Decides the scope of an OOM kill at `kill_ns` (the record's `CLOCK_MONOTONIC` time): the
+    /// innermost cgroup whose counters moved since the newest reading from before the kill (any
+    /// limit hit counts where there is none).
+    pub fn scope_of_kill(&self, files: &dyn CgroupFiles, kill_ns: u64) -> OomScope {
         if self.levels.is_empty() {
             return OomScope::Unknown;
         }
-        let mut scope = None;
         let mut readable = false;
-        for (dir, rel, before) in &mut self.levels {
-            let now = read_counters(files, dir);
-            if let Some(now) = now {
-                readable = true;
-                if scope.is_none() && now.limit_hit_since(before.as_ref()) {
-                    scope = Some(OomScope::Cgroup {
-                        cgroup: rel.clone(),
-                    });
-                }
+        for (dir, rel, readings) in &self.levels {
+            let Some(now) = read_counters(files, dir) else {
+                continue;
+            };
+            readable = true;
+            let before = readings
+                .iter()
+                .rev()
+                .find(|(at, _)| at.saturating_add(BASELINE_MARGIN_NS) <= kill_ns)
+                .map(|(_, c)| c);
+            if now.limit_hit_since(before) {
+                return OomScope::Cgroup {
+                    cgroup: rel.clone(),
+                };
             }
-            *before = now.or(*before);
         }
-        scope.unwrap_or(if readable {
+        if readable {
             OomScope::System
         } else {
             OomScope::Unknown
-        })
+        }
     }
 
-    /// Takes new baseline readings (called periodically while no OOM happens).
-    pub fn refresh(&mut self, files: &dyn CgroupFiles) {
-        for (dir, _, before) in &mut self.levels {
+    /// Takes new readings at `now_ns` (called periodically).
+    pub fn refresh(&mut self, files: &dyn CgroupFiles, now_ns: u64) {
+        for (dir, _, readings) in &mut self.levels {
             if let Some(now) = read_counters(files, dir) {
-                *before = Some(now);
+                if readings.len() >= READINGS_KEPT {
+                    readings.pop_front();
+                }
+                readings.push_back((now_ns, now));
             }
         }
     }
 
-    /// Forgets the baseline, so any counter above zero counts (for kills seen only later, e.g.
+    /// Forgets the readings, so any counter above zero counts (for kills seen only later, e.g.
     /// while the driver was down).
     pub fn forget_baseline(&mut self) {
         for level in &mut self.levels {
-            level.2 = None;
+            level.2.clear();
         }
     }
 
@@ -333,6 +360,9 @@ mod tests {
         assert_eq!(roots.split(Path::new("/elsewhere/x")), None);
     }
 
+    /// One second in ns (readings and kills in the tests are whole seconds apart).
+    const S: u64 = 1_000_000_000;
+
     #[test]
     fn v1_failcnt_of_a_limited_cgroup_marks_cgroup_scope() {
         let fs = FakeCgroupFs::default();
@@ -344,22 +374,26 @@ mod tests {
             "9223372036854771712\n",
         );
         fs.set("/sys/fs/cgroup/memory/nomad/memory.failcnt", "0\n");
-        let mut w = MemcgWatch::new(&fs, Path::new("/sys/fs/cgroup/memory"), "/nomad/t");
+        let mut w = MemcgWatch::new(&fs, Path::new("/sys/fs/cgroup/memory"), "/nomad/t", S);
         assert_eq!(w.innermost(), Some("/nomad/t"));
         // No counter moved: the host ran out.
-        assert_eq!(w.scope_of_kill(&fs), OomScope::System);
+        assert_eq!(w.scope_of_kill(&fs, 2 * S), OomScope::System);
         fs.set(&format!("{dir}/memory.failcnt"), "17\n");
         assert_eq!(
-            w.scope_of_kill(&fs),
+            w.scope_of_kill(&fs, 3 * S),
             OomScope::Cgroup {
                 cgroup: "/nomad/t".into()
             }
         );
-        // The baseline moved with the decision.
-        assert_eq!(w.scope_of_kill(&fs), OomScope::System);
+        // A reading after that kill is the baseline of the next one.
+        w.refresh(&fs, 4 * S);
+        assert_eq!(w.scope_of_kill(&fs, 5 * S), OomScope::System);
         // Without a baseline, any failures count.
         w.forget_baseline();
-        assert!(matches!(w.scope_of_kill(&fs), OomScope::Cgroup { .. }));
+        assert!(matches!(
+            w.scope_of_kill(&fs, 6 * S),
+            OomScope::Cgroup { .. }
+        ));
     }
 
     #[test]
@@ -372,24 +406,52 @@ mod tests {
         fs.set("/cg/alloc/task/memory.max", "max\n");
         fs.set("/cg/alloc/memory.events", "oom 0\noom_kill 0\n");
         fs.set("/cg/alloc/memory.max", "268435456\n");
-        let mut w = MemcgWatch::new(&fs, Path::new("/cg"), "/alloc/task");
+        let mut w = MemcgWatch::new(&fs, Path::new("/cg"), "/alloc/task", S);
         fs.set("/cg/alloc/memory.events", "oom 1\noom_kill 1\n");
         assert_eq!(
-            w.scope_of_kill(&fs),
+            w.scope_of_kill(&fs, 2 * S),
             OomScope::Cgroup {
                 cgroup: "/alloc".into()
             }
         );
-        w.refresh(&fs);
-        assert_eq!(w.scope_of_kill(&fs), OomScope::System);
+        w.refresh(&fs, 3 * S);
+        assert_eq!(w.scope_of_kill(&fs, 4 * S), OomScope::System);
+    }
+
+    /// The periodic reading taken after a kill, before its record was processed, already holds
+    /// the kill: the kill is judged against the reading from before it.
+    #[test]
+    fn a_reading_after_the_kill_is_not_its_baseline() {
+        let fs = FakeCgroupFs::default();
+        fs.set("/cg/task/memory.events", "oom 0\noom_kill 0\n");
+        fs.set("/cg/task/memory.max", "33554432\n");
+        let mut w = MemcgWatch::new(&fs, Path::new("/cg"), "/task", S);
+        w.refresh(&fs, 2 * S);
+        // The kill at 3 s; the refresh at 4 s (records still queued) sees it.
+        fs.set("/cg/task/memory.events", "oom 1\noom_kill 1\n");
+        w.refresh(&fs, 4 * S);
+        let cgroup = OomScope::Cgroup {
+            cgroup: "/task".into(),
+        };
+        assert_eq!(w.scope_of_kill(&fs, 3 * S), cgroup);
+        // A reading just before the kill (inside the margin) may already hold it too.
+        let mut w = MemcgWatch::new(&fs, Path::new("/cg"), "/task", S);
+        fs.set("/cg/task/memory.events", "oom 2\noom_kill 2\n");
+        w.refresh(&fs, 5 * S - BASELINE_MARGIN_NS / 2);
+        assert_eq!(w.scope_of_kill(&fs, 5 * S), cgroup);
+        // Only the newest readings are kept.
+        for i in 0..READINGS_KEPT as u64 + 3 {
+            w.refresh(&fs, (10 + i) * S);
+        }
+        assert!(w.levels[0].2.len() <= READINGS_KEPT);
     }
 
     #[test]
     fn unreadable_cgroups_give_unknown() {
         let fs = FakeCgroupFs::default();
-        let mut w = MemcgWatch::new(&fs, Path::new("/cg"), "/gone");
-        assert_eq!(w.scope_of_kill(&fs), OomScope::Unknown);
-        let mut empty = MemcgWatch::default();
-        assert_eq!(empty.scope_of_kill(&fs), OomScope::Unknown);
+        let w = MemcgWatch::new(&fs, Path::new("/cg"), "/gone", S);
+        assert_eq!(w.scope_of_kill(&fs, 2 * S), OomScope::Unknown);
+        let empty = MemcgWatch::default();
+        assert_eq!(empty.scope_of_kill(&fs, 2 * S), OomScope::Unknown);
     }
 }

@@ -215,9 +215,9 @@ impl ObserverState {
         let main = self.entry(key, now).facts.main_pid;
         // The victim is (or was, a moment ago) in the cgroup whose limit matters.
         if self.locate_memcg(victim).is_some() {
-            self.follow_memcg(key, victim, false);
+            self.follow_memcg(key, victim, false, now);
         } else if main != 0 {
-            self.follow_memcg(key, main, false);
+            self.follow_memcg(key, main, false, now);
         }
         let cgroups = Arc::clone(&self.cgroups);
         let t = self.entry(key, now);
@@ -232,7 +232,7 @@ impl ObserverState {
             });
             return None;
         }
-        let scope = t.memcg.scope_of_kill(cgroups.as_ref());
+        let scope = t.memcg.scope_of_kill(cgroups.as_ref(), now);
         t.facts.record_oom(OomSeen {
             ktime_ns: now,
             victim_pid: victim,

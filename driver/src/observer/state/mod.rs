@@ -202,7 +202,7 @@ impl ObserverState {
             self.driver_pids.insert(pid);
         }
         let memcg = match self.locate_memcg(meta.main_pid) {
-            Some((root, path)) => MemcgWatch::new(self.cgroups.as_ref(), &root, &path),
+            Some((root, path)) => MemcgWatch::new(self.cgroups.as_ref(), &root, &path, now_ns),
             // The main process is gone (it ended while the driver was down): watch the task's
             // memory cgroup from its known path, without a baseline, so a limit hit it recorded
             // before now still counts (a fresh task cgroup starts at zero).
@@ -211,7 +211,7 @@ impl ObserverState {
                 .as_deref()
                 .and_then(|dir| self.roots.split(dir))
                 .map(|(root, path)| {
-                    let mut watch = MemcgWatch::new(self.cgroups.as_ref(), &root, &path);
+                    let mut watch = MemcgWatch::new(self.cgroups.as_ref(), &root, &path, now_ns);
                     watch.forget_baseline();
                     watch
                 })
@@ -252,7 +252,13 @@ impl ObserverState {
     /// Points the task's memory-cgroup watch at the cgroup `pid` is in now, if it moved (the
     /// main process may join its cgroup after tracking began). Without a baseline for the new
     /// cgroup, any limit hit it recorded counts.
-    pub(crate) fn follow_memcg(&mut self, key: TaskKey, pid: u32, keep_baseline: bool) {
+    pub(crate) fn follow_memcg(
+        &mut self,
+        key: TaskKey,
+        pid: u32,
+        keep_baseline: bool,
+        now_ns: u64,
+    ) {
         let Some((root, path)) = self.locate_memcg(pid) else {
             return;
         };
@@ -260,7 +266,7 @@ impl ObserverState {
         if let Some(t) = self.tasks.get_mut(&key)
             && t.memcg.innermost() != Some(path.as_str())
         {
-            t.memcg = MemcgWatch::new(cgroups.as_ref(), &root, &path);
+            t.memcg = MemcgWatch::new(cgroups.as_ref(), &root, &path, now_ns);
             if !keep_baseline {
                 t.memcg.forget_baseline();
             }
@@ -375,11 +381,11 @@ impl ObserverState {
                 .map(|(k, t)| (*k, t.facts.main_pid))
                 .collect();
             for (key, main) in live {
-                self.follow_memcg(key, main, true);
+                self.follow_memcg(key, main, true, now);
             }
             let cgroups = Arc::clone(&self.cgroups);
             for t in self.tasks.values_mut().filter(|t| !t.main_exit_seen) {
-                t.memcg.refresh(cgroups.as_ref());
+                t.memcg.refresh(cgroups.as_ref(), now);
             }
         }
         self.flush(now)

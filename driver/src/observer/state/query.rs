@@ -140,7 +140,7 @@ impl ClassifyContext for Ctx<'_> {
         self.state.sender_of(self.key, main, s)
     }
 
-    fn oom_scope(&self, _: &OomSeen) -> OomScope {
+    fn oom_scope(&self, o: &OomSeen) -> OomScope {
         // Only known from the kernel record (e.g. it happened while the driver was down):
         // any limit hit the cgroup ever recorded counts.
         let Some(t) = self.state.tasks.get(&self.key) else {
@@ -148,7 +148,7 @@ impl ClassifyContext for Ctx<'_> {
         };
         let mut watch = t.memcg.clone();
         watch.forget_baseline();
-        watch.scope_of_kill(self.state.cgroups.as_ref())
+        watch.scope_of_kill(self.state.cgroups.as_ref(), o.ktime_ns)
     }
 
     fn parent_of(&self, pid: u32) -> Option<u32> {
