@@ -100,7 +100,7 @@ fn enable_oversubscription(agent: &Agent) -> Result<()> {
 
 /// raw_exec's escape hatch: `memory_max = -1` with oversubscription enabled means no hard limit
 /// (`memory` becomes the soft one), and a task above `memory` is not OOM-killed.
-fn memory_max_unlimited(agent: &mut Agent) -> Result<()> {
+pub(crate) fn memory_max_unlimited(agent: &mut Agent) -> Result<()> {
     enable_oversubscription(agent)?;
     let script = "echo $$ > /alloc/pid; /usr/bin/perl -e '$x = \"a\" x (80*1024*1024); print \"survived\\n\"; sleep 10'";
     let job = suite::batch("memmax").raw_config(&shell_config(script, &[]));
@@ -164,7 +164,7 @@ impl Drop for TestCgroup {
 
 /// `cgroup_v1_override` (v2: `cgroup_v2_override`) in raw mode: the task is in the named cgroups
 /// (relative and absolute paths), not in Nomad's.
-fn cgroup_override(agent: &mut Agent) -> Result<()> {
+pub(crate) fn cgroup_override(agent: &mut Agent) -> Result<()> {
     let name = unique("bpfexec-e2e-override");
     let (config, cg) = if host_is_cgroup_v2() {
         let dir = PathBuf::from(format!("/sys/fs/cgroup/{name}"));
@@ -216,7 +216,7 @@ fn cgroup_override(agent: &mut Agent) -> Result<()> {
 
 /// The overrides' refusals, each naming the option: a missing cgroup, an isolated task, and the
 /// override of the other cgroup version.
-fn cgroup_override_refusals(agent: &mut Agent) -> Result<()> {
+pub(crate) fn cgroup_override_refusals(agent: &mut Agent) -> Result<()> {
     let (this, other) = if host_is_cgroup_v2() {
         (
             "cgroup_v2_override = \"bpfexec-e2e-missing\"",
@@ -247,7 +247,7 @@ fn cgroup_override_refusals(agent: &mut Agent) -> Result<()> {
 }
 
 /// `swap_max`: v1 `memory.memsw.limit_in_bytes` = memory + swap (v2 `memory.swap.max`).
-fn swap_max(agent: &mut Agent) -> Result<()> {
+pub(crate) fn swap_max(agent: &mut Agent) -> Result<()> {
     for (swap, extra_mb) in [("16M", 16u64), ("0", 0)] {
         let job = suite::service("swap")
             .raw_config(&shell_config(
@@ -280,7 +280,7 @@ fn swap_max(agent: &mut Agent) -> Result<()> {
 /// `pids_max`: the task's pids cgroup holds the limit, a burst of forks beyond it fails inside
 /// the task, and the driver reports the hits as a task event. On v1 the driver's pids cgroup is
 /// removed with the task.
-fn pids_max(agent: &mut Agent) -> Result<()> {
+pub(crate) fn pids_max(agent: &mut Agent) -> Result<()> {
     // The burst runs in a subshell: a shell whose fork fails exits (dash: code 2).
     let script = "echo $$ > /alloc/pid; (i=0; while [ $i -lt 20 ]; do sleep 1000 & i=$((i+1)); done) 2>/dev/null; \
                   echo forked > /alloc/forked; exec sleep 1000";
@@ -368,7 +368,7 @@ impl Drop for LoopDevice {
 /// Per-device throttles on a loop device: the task's blkio (v2: io) cgroup holds them, and the
 /// task's own direct writes to the device go through them. `io_weight` is applied where the
 /// kernel has a weight file and refused by name where it has none.
-fn io_limits(agent: &mut Agent) -> Result<()> {
+pub(crate) fn io_limits(agent: &mut Agent) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let dev = LoopDevice::attach(&tmp.path().join("disk"))?;
     let mm = dev.major_minor()?;
@@ -469,7 +469,7 @@ fn io_limits(agent: &mut Agent) -> Result<()> {
 }
 
 /// `group`: the task's primary group; a group in `denied_host_gids` is refused by name.
-fn group(agent: &mut Agent) -> Result<()> {
+pub(crate) fn group(agent: &mut Agent) -> Result<()> {
     let job = suite::batch("group").raw_config(&shell_config(
         "echo \"== gid\"; id -g; echo \"== groups\"; id -G",
         &["group = \"users\""],

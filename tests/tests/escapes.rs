@@ -95,7 +95,7 @@ fn start_escaper(agent: &Agent, prefix: &str, script: &str) -> Result<(String, S
     Ok((job_id, alloc, main, escapee))
 }
 
-fn escape_while_running(agent: &mut Agent) -> Result<()> {
+pub(crate) fn escape_while_running(agent: &mut Agent) -> Result<()> {
     let cg = TestCgroup::create()?;
     let script = format!(
         "echo $$ > \"$NOMAD_ALLOC_DIR/pid\"\n{}{}while :; do sleep 0.2; done\n",
@@ -145,7 +145,7 @@ fn escape_while_running(agent: &mut Agent) -> Result<()> {
     Ok(())
 }
 
-fn leak_at_stop(agent: &mut Agent) -> Result<()> {
+pub(crate) fn leak_at_stop(agent: &mut Agent) -> Result<()> {
     let cg = TestCgroup::create()?;
     let script = format!(
         "{}{}echo $$ > \"$NOMAD_ALLOC_DIR/pid\"\nwhile :; do sleep 0.2; done\n",

@@ -51,7 +51,7 @@ fn start_task(agent: &Agent, prefix: &str) -> Result<(String, String, String)> {
     Ok((job_id, alloc, ns))
 }
 
-fn exec_no_tty(agent: &mut Agent) -> Result<()> {
+pub(crate) fn exec_no_tty(agent: &mut Agent) -> Result<()> {
     let (job_id, alloc, task_ns) = start_task(agent, "exec")?;
 
     let out = nomad_exec(agent, &alloc, &["id"], None)?;
@@ -114,7 +114,7 @@ fn exec_no_tty(agent: &mut Agent) -> Result<()> {
     Ok(())
 }
 
-fn exec_tty_shell(agent: &mut Agent) -> Result<()> {
+pub(crate) fn exec_tty_shell(agent: &mut Agent) -> Result<()> {
     let (job_id, alloc, _ns) = start_task(agent, "exec-tty")?;
     let nomad = env::nomad_bin()?;
     let mut term = PtySession::spawn(

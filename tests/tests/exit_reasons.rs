@@ -21,7 +21,7 @@ use bpfexec_e2e::suite::{self, TIMEOUT, alloc_file, wait_file};
 use bpfexec_e2e::{Agent, AgentOptions, Check, procs, run_checks, unique};
 
 /// The driver's `http_addr` port (its `/v1/observer` counters).
-static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+pub(crate) static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
 
 #[test]
 fn exit_reasons() {
@@ -82,7 +82,7 @@ fn exit_reasons() {
     );
 }
 
-fn exit_zero(agent: &mut Agent) -> Result<()> {
+pub(crate) fn exit_zero(agent: &mut Agent) -> Result<()> {
     let job = suite::batch("exit0").shell("exit 0");
     let alloc = agent.api().register_job(&job.to_hcl())?;
     let alloc = agent.api().wait_job_alloc(&alloc, TIMEOUT)?;
@@ -92,7 +92,7 @@ fn exit_zero(agent: &mut Agent) -> Result<()> {
     expect_details(&ev, &[("reason", "exited"), ("exit_code", "0")])
 }
 
-fn exit_three(agent: &mut Agent) -> Result<()> {
+pub(crate) fn exit_three(agent: &mut Agent) -> Result<()> {
     let job = suite::batch("exit3").shell("exit 3");
     let alloc = agent.api().register_job(&job.to_hcl())?;
     let alloc = agent.api().wait_job_alloc(&alloc, TIMEOUT)?;
@@ -104,7 +104,7 @@ fn exit_three(agent: &mut Agent) -> Result<()> {
 
 /// kill-bot (a host process) sends SIGUSR1, which the task traps (a notice while it runs), then
 /// SIGTERM, which kills it (the exit reason names kill-bot).
-fn host_signals(agent: &mut Agent) -> Result<()> {
+pub(crate) fn host_signals(agent: &mut Agent) -> Result<()> {
     let script = "trap 'echo usr1 >> /alloc/usr1' USR1\n\
                   echo $$ > /alloc/pid\n\
                   while :; do sleep 0.2; done";
@@ -157,7 +157,7 @@ fn host_signals(agent: &mut Agent) -> Result<()> {
 /// A task of another job (`pid_mode = "host"`) finds the victim by a marker in its command
 /// line and SIGKILLs it with pkill: the exit reason names that allocation. The killer's shell
 /// stays a moment after pkill.
-fn other_alloc_sigkill(agent: &mut Agent) -> Result<()> {
+pub(crate) fn other_alloc_sigkill(agent: &mut Agent) -> Result<()> {
     killed_by_other_alloc(agent, "/usr/bin/pkill -9 -f '{}'; sleep 1", false)
 }
 
@@ -166,7 +166,7 @@ fn other_alloc_sigkill(agent: &mut Agent) -> Result<()> {
 /// victim's pid namespace goes delays the victim's end by ~0.1 s: the killer is gone by the
 /// time the victim's exit is classified. The exit reason must still name the killer's
 /// allocation.
-fn other_alloc_sigkill_short(agent: &mut Agent) -> Result<()> {
+pub(crate) fn other_alloc_sigkill_short(agent: &mut Agent) -> Result<()> {
     killed_by_other_alloc(agent, "exec /usr/bin/pkill -9 -f '{}'", true)
 }
 
@@ -222,7 +222,7 @@ fn killed_by_other_alloc(agent: &Agent, killer: &str, heavy: bool) -> Result<()>
     )
 }
 
-fn self_signal(agent: &mut Agent) -> Result<()> {
+pub(crate) fn self_signal(agent: &mut Agent) -> Result<()> {
     let job = suite::batch("self-sig").shell(&format!("{GATE}kill -USR2 $$\nexit 0"));
     let (_job, alloc, pid) = start_gated(agent, &job.to_hcl())?;
     let uid = uid_of(pid).context("the task's uid")?;
@@ -245,7 +245,7 @@ fn self_signal(agent: &mut Agent) -> Result<()> {
     )
 }
 
-fn segfault(agent: &mut Agent) -> Result<()> {
+pub(crate) fn segfault(agent: &mut Agent) -> Result<()> {
     // RLIMIT_CORE 0: a crash without a core file.
     let job = suite::batch("segv").shell(&format!("{GATE}ulimit -c 0\nexec {SEGV}"));
     let (_job, alloc, pid) = start_gated(agent, &job.to_hcl())?;
@@ -275,7 +275,7 @@ fn segfault(agent: &mut Agent) -> Result<()> {
 
 /// The same crash with `ulimit -c unlimited` in a writable cwd: the kernel writes a core file
 /// (`core_pattern` permitting) and the exit reason must say "core dumped".
-fn core_dump(agent: &mut Agent) -> Result<()> {
+pub(crate) fn core_dump(agent: &mut Agent) -> Result<()> {
     let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
     println!("core_pattern: {}", pattern.trim());
     let job = suite::batch("core").shell(&format!(
@@ -341,7 +341,7 @@ fn expect_driver_sender(ev: &TaskEvent, driver_procs: &[(i32, String)]) -> Resul
 }
 
 /// `nomad job stop` of a task that dies of its `kill_signal`: the driver sent it.
-fn driver_stop(agent: &mut Agent) -> Result<()> {
+pub(crate) fn driver_stop(agent: &mut Agent) -> Result<()> {
     let job = suite::service("stop")
         .shell("echo $$ > /alloc/pid\nwhile :; do sleep 0.2; done")
         .kill_signal("SIGTERM");
@@ -374,7 +374,7 @@ fn driver_stop(agent: &mut Agent) -> Result<()> {
 
 /// The task traps SIGTERM; `nomad job stop` sends SIGTERM, waits `kill_timeout`, then SIGKILLs:
 /// the exit reason says the driver killed it after the escalation.
-fn kill_timeout_escalation(agent: &mut Agent) -> Result<()> {
+pub(crate) fn kill_timeout_escalation(agent: &mut Agent) -> Result<()> {
     let script = "trap 'echo term >> /alloc/term' TERM\n\
                   echo $$ > /alloc/pid\n\
                   while :; do sleep 0.2; done";
@@ -414,6 +414,6 @@ fn kill_timeout_escalation(agent: &mut Agent) -> Result<()> {
 }
 
 /// After every scenario above, the probes lost no record.
-fn lost_counter_zero(agent: &mut Agent) -> Result<()> {
+pub(crate) fn lost_counter_zero(agent: &mut Agent) -> Result<()> {
     expect_nothing_lost(agent, PORT.get().copied())
 }

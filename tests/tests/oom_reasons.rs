@@ -17,7 +17,7 @@ use bpfexec_e2e::suite::{self, TIMEOUT, alloc_file};
 use bpfexec_e2e::{Agent, AgentOptions, Check, run_checks};
 
 /// The driver's `http_addr` port (its `/v1/observer` counters).
-static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+pub(crate) static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
 
 #[test]
 fn oom_reasons() {
@@ -62,7 +62,7 @@ fn oom_reasons() {
     );
 }
 
-fn oom_main(agent: &mut Agent) -> Result<()> {
+pub(crate) fn oom_main(agent: &mut Agent) -> Result<()> {
     let job = suite::batch("oom-main")
         .shell(&format!("{GATE}exec {HOG}"))
         .memory_mb(32);
@@ -101,7 +101,7 @@ fn oom_main(agent: &mut Agent) -> Result<()> {
 
 /// A child is OOM-killed; the main shell carries on (a notice appears while the task still
 /// runs) and later exits 0: not an OOM exit.
-fn oom_child_survives(agent: &mut Agent) -> Result<()> {
+pub(crate) fn oom_child_survives(agent: &mut Agent) -> Result<()> {
     let script = format!(
         "{GATE}{HOG}\necho \"rc=$?\" > /alloc/rc\n\
          while [ ! -e /alloc/go2 ]; do sleep 0.1; done\nexit 0"
@@ -154,7 +154,7 @@ fn oom_child_survives(agent: &mut Agent) -> Result<()> {
 
 /// The main shell exits with its OOM-killed child's status (`exit $?` → 137): an OOM exit whose
 /// victim was a child.
-fn oom_child_causes_exit(agent: &mut Agent) -> Result<()> {
+pub(crate) fn oom_child_causes_exit(agent: &mut Agent) -> Result<()> {
     let job = suite::batch("oom-child-exit")
         .shell(&format!("{GATE}{HOG}\nexit $?"))
         .memory_mb(32);
@@ -202,7 +202,7 @@ fn refused(agent: &Agent, hcl: &str, first: &str, needles: &[&str]) -> Result<Ta
     Ok(ev)
 }
 
-fn missing_binary(agent: &mut Agent) -> Result<()> {
+pub(crate) fn missing_binary(agent: &mut Agent) -> Result<()> {
     let job = suite::batch("nobin").raw_config(&config_body("/no/such/binary", &[], &[]));
     refused(agent, &job.to_hcl(), "/no/such/binary", &["does not exist"])?;
     Ok(())

@@ -21,7 +21,7 @@ use bpfexec_e2e::{Agent, AgentOptions, Check, procs, run_checks};
 use nix::sys::signal::Signal;
 
 /// The driver's `http_addr` port for this test process.
-static PORT: OnceLock<u16> = OnceLock::new();
+pub(crate) static PORT: OnceLock<u16> = OnceLock::new();
 
 fn http() -> DriverHttp {
     DriverHttp::new(*PORT.get().unwrap_or(&0))
@@ -177,7 +177,7 @@ fn start_chain(agent: &Agent, prefix: &str) -> Result<(String, String, Tree)> {
     Ok((job_id, alloc, tree))
 }
 
-fn tree_matches_ps(agent: &mut Agent) -> Result<()> {
+pub(crate) fn tree_matches_ps(agent: &mut Agent) -> Result<()> {
     let (job_id, alloc, tree) = start_chain(agent, "tree")?;
     println!("tree: {tree:#?}");
     let depth = depths(&tree)?;
@@ -221,7 +221,7 @@ fn tree_matches_ps(agent: &mut Agent) -> Result<()> {
 /// The exec history covers the task from its start (the task's process registers itself with
 /// the probes before its exec): the main process's own exec and the execs of the chain's three
 /// levels, which happen within milliseconds of the task's start, and their fork times.
-fn exec_history_from_start(agent: &mut Agent) -> Result<()> {
+pub(crate) fn exec_history_from_start(agent: &mut Agent) -> Result<()> {
     let (job_id, alloc, tree) = start_chain(agent, "tree-start")?;
     let depth = depths(&tree)?;
     let mut missing = Vec::new();
@@ -263,7 +263,7 @@ fn exec_history_from_start(agent: &mut Agent) -> Result<()> {
 
 /// Nomad's view of the task's resource usage (the driver's TaskStats) has per-pid CPU and memory
 /// for every process of the chain.
-fn task_stats_per_pid(agent: &mut Agent) -> Result<()> {
+pub(crate) fn task_stats_per_pid(agent: &mut Agent) -> Result<()> {
     let (job_id, alloc, tree) = start_chain(agent, "stats")?;
     let want: Vec<String> = tree.processes.iter().map(|p| p.pid.to_string()).collect();
     let api = agent.api();

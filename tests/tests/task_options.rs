@@ -14,7 +14,7 @@ use bpfexec_e2e::isolation::{
     shell_config, v1_task_cgroup, with_group_hcl,
 };
 use bpfexec_e2e::jobspec::TASK;
-use bpfexec_e2e::suite::{self, TIMEOUT, alloc_file, stop_and_wait, wait_file, wait_task_pid};
+use bpfexec_e2e::suite::{self, TIMEOUT, alloc_file, stop_and_wait, wait_task_pid};
 use bpfexec_e2e::wait::{POLL, poll_until, wait_for};
 use bpfexec_e2e::{Agent, AgentOptions, Check, procs, run_checks, unique};
 
@@ -96,7 +96,7 @@ fn read_trim(path: &std::path::Path) -> Result<String> {
         .to_owned())
 }
 
-fn cgroup_and_limits(agent: &mut Agent) -> Result<()> {
+pub(crate) fn cgroup_and_limits(agent: &mut Agent) -> Result<()> {
     let script = "echo $$ > /alloc/pid\n\
                   sleep 1000 &\n\
                   while :; do sleep 1; done";
@@ -130,8 +130,8 @@ fn cgroup_and_limits(agent: &mut Agent) -> Result<()> {
         if host_is_cgroup_v2() {
             let p = paths.get("").cloned().unwrap_or_default();
             ensure!(
-                p.ends_with(&format!("/{alloc}.{TASK}.scope")),
-                "pid {pid} is in cgroup {p:?}, not Nomad's task scope:\n{text}"
+                p.starts_with("/nomad.slice/") && p.ends_with(&format!("/{alloc}.{TASK}.scope")),
+                "pid {pid} is in cgroup {p:?}, not Nomad's task scope under nomad.slice:\n{text}"
             );
             scope = Some(PathBuf::from(format!("/sys/fs/cgroup{p}")));
             continue;
@@ -210,7 +210,26 @@ fn limits_and_devices(alloc: &str, scope: Option<&std::path::Path>) -> Result<()
             scope.display(),
             48u64 << 20
         );
-        println!("memory.max = {max}");
+        // cpu = 100 is 100 v1 shares: cpu.weight 4 by runc's (and Nomad's) conversion.
+        let weight = read_trim(&scope.join("cpu.weight"))?;
+        ensure!(
+            weight == "4",
+            "cpu.weight of {} = {weight}, expected 4 (cpu = 100)",
+            scope.display()
+        );
+        // No reserved cores: the scope is in Nomad's shared partition (`share.slice`, whose
+        // cpuset Nomad keeps to the cores no task reserved) and runs on exactly those cores.
+        let share = scope.parent().unwrap_or(scope);
+        let cpus = read_trim(&scope.join("cpuset.cpus.effective"))?;
+        let shared = read_trim(&share.join("cpuset.cpus.effective"))?;
+        ensure!(
+            share.ends_with("share.slice") && !cpus.is_empty() && cpus == shared,
+            "the scope {} runs on cores {cpus:?}, expected those of Nomad's shared partition \
+             {} ({shared:?})",
+            scope.display(),
+            share.display()
+        );
+        println!("memory.max = {max}, cpu.weight = {weight}, cpuset.cpus = {cpus}");
     }
     // Device control, seen from a process of ours put in the task's cgroup the way the task's
     // are (v2: the scope, where the driver attached its device program; v1: the driver's devices
@@ -278,7 +297,7 @@ fn kernel_oom_line(alloc: &str) -> Option<String> {
 /// Perl as the task's main process grows to 200 MiB under a 32 MiB limit.
 const PERL_HOG: &str = "$x = \"a\" x (200*1024*1024); print \"survived\\n\"";
 
-fn oom_killed(agent: &mut Agent) -> Result<()> {
+pub(crate) fn oom_killed(agent: &mut Agent) -> Result<()> {
     let ev = run_oom_job(
         agent,
         "oom",
@@ -294,7 +313,7 @@ fn oom_killed(agent: &mut Agent) -> Result<()> {
 
 /// exec parity: exec reports `oom_killed` whenever the OOM killer struck in the task's cgroup
 /// while it ran, also when the victim is a child and the main process then exits by itself.
-fn oom_killed_child(agent: &mut Agent) -> Result<()> {
+pub(crate) fn oom_killed_child(agent: &mut Agent) -> Result<()> {
     let script = format!("/usr/bin/perl -e '{PERL_HOG}'; exit $?");
     let ev = run_oom_job(agent, "oom-child", &shell_config(&script, &[]))?;
     ensure!(
@@ -306,7 +325,7 @@ fn oom_killed_child(agent: &mut Agent) -> Result<()> {
     Ok(())
 }
 
-fn work_dir(agent: &mut Agent) -> Result<()> {
+pub(crate) fn work_dir(agent: &mut Agent) -> Result<()> {
     let job = suite::batch("workdir").raw_config(&shell_config("pwd", &["work_dir = \"/local\""]));
     let (_a, out) = run_batch(agent, &job.to_hcl())?;
     ensure!(
@@ -360,7 +379,7 @@ fn volume_mounts(agent: &mut Agent) -> Result<()> {
     Ok(())
 }
 
-fn host_namespaces(agent: &mut Agent) -> Result<()> {
+pub(crate) fn host_namespaces(agent: &mut Agent) -> Result<()> {
     let script = "echo '== ns'; readlink /proc/self/ns/pid /proc/self/ns/ipc\n\
                   echo '== init'; tr '\\0' ' ' < /proc/1/cmdline; echo\n\
                   echo '== count'; ls /proc | grep -cE '^[0-9]+$'\n";
@@ -432,36 +451,72 @@ fn log_lines(agent: &Agent, alloc: &str) -> Vec<String> {
         .collect()
 }
 
-/// Runs [`trapping_job`]; returns the alloc id and job id once both children run.
-fn start_trapping(
-    agent: &Agent,
-    prefix: &str,
-    marker: &str,
-    all: bool,
-) -> Result<(String, String)> {
+/// A started [`trapping_job`].
+struct Trapping {
+    alloc: String,
+    job_id: String,
+    /// The task's own cgroup (v2: its scope; v1: its freezer cgroup, where the stop's kill
+    /// looks).
+    cgroup: PathBuf,
+}
+
+/// Runs [`trapping_job`]; returns it once both children run.
+fn start_trapping(agent: &Agent, prefix: &str, marker: &str, all: bool) -> Result<Trapping> {
     let api = agent.api();
     let job_id = api.register_job(&trapping_job(prefix, marker, all))?;
     let alloc = api.wait_job_alloc(&job_id, TIMEOUT)?;
     api.wait_alloc_status(&alloc, &["running"], TIMEOUT)?;
-    wait_file(&alloc_file(agent, &alloc, "pid"), TIMEOUT)?;
+    let main = wait_task_pid(agent, &alloc, "pid")?;
+    let cgroup = if host_is_cgroup_v2() {
+        let text = read_trim(std::path::Path::new(&format!("/proc/{main}/cgroup")))?;
+        let scope = cgroup_paths(&text).get("").cloned().unwrap_or_default();
+        PathBuf::from(format!("/sys/fs/cgroup{scope}"))
+    } else {
+        v1_task_cgroup("freezer", &alloc, TASK)
+    };
     poll_until("both marked children", TIMEOUT, POLL, |last| {
         let found = procs::find_by_cmdline(marker);
         *last = procs::describe(&found);
         Ok((found.len() >= 2).then_some(()))
     })?;
-    Ok((alloc, job_id))
+    Ok(Trapping {
+        alloc,
+        job_id,
+        cgroup,
+    })
 }
 
-/// Stops the job; checks it took about `kill_timeout` and left no process behind.
-fn stop_and_check_gone(agent: &Agent, job_id: &str, alloc: &str, marker: &str) -> Result<()> {
-    let t = Instant::now();
+/// Stops the job; checks it took about `kill_timeout` and left no process behind, in the
+/// task's cgroup (emptied by the driver's kill: `cgroup.kill` on v2) or anywhere else.
+fn stop_and_check_gone(agent: &Agent, t: &Trapping, marker: &str) -> Result<()> {
+    let (job_id, alloc) = (t.job_id.as_str(), t.alloc.as_str());
+    let procs_file = t.cgroup.join("cgroup.procs");
+    let members = read_trim(&procs_file)?;
+    println!(
+        "{} before the stop: {}",
+        procs_file.display(),
+        members.replace('\n', " ")
+    );
+    let started = Instant::now();
     stop_and_wait(agent, job_id, alloc)?;
-    let took = t.elapsed();
+    let took = started.elapsed();
     println!("stop took {took:.1?}");
     ensure!(
-        took >= Duration::from_millis(2500) && took <= Duration::from_secs(20),
+        took >= Duration::from_millis(2500)
+            && took <= bpfexec_e2e::wait::scaled(Duration::from_secs(20)),
         "the main process ignores TERM, so the stop should take kill_timeout (3s): took {took:?}"
     );
+    // The cgroup empties once the task is stopped (or is removed with it).
+    poll_until(
+        &format!("the task's cgroup {} to be empty", t.cgroup.display()),
+        Duration::from_secs(5),
+        POLL,
+        |last| {
+            let left = std::fs::read_to_string(&procs_file).unwrap_or_default();
+            left.trim().replace('\n', " ").clone_into(last);
+            Ok(left.trim().is_empty().then_some(()))
+        },
+    )?;
     let gone = wait_for(Duration::from_secs(5), POLL, || {
         procs::find_by_cmdline(marker).is_empty()
             && procs::find_by_environ(&format!("NOMAD_ALLOC_ID={alloc}")).is_empty()
@@ -478,9 +533,10 @@ fn stop_and_check_gone(agent: &Agent, job_id: &str, alloc: &str, marker: &str) -
     Ok(())
 }
 
-fn signal_all_processes(agent: &mut Agent) -> Result<()> {
+pub(crate) fn signal_all_processes(agent: &mut Agent) -> Result<()> {
     let marker = unique("sigall");
-    let (alloc, job_id) = start_trapping(agent, "sigall", &marker, true)?;
+    let t = start_trapping(agent, "sigall", &marker, true)?;
+    let alloc = t.alloc.clone();
     agent.api().signal_alloc(&alloc, TASK, "SIGUSR1")?;
     poll_until(
         "USR1 in the main process and both children",
@@ -495,7 +551,7 @@ fn signal_all_processes(agent: &mut Agent) -> Result<()> {
             Ok(all.then_some(()))
         },
     )?;
-    stop_and_check_gone(agent, &job_id, &alloc, &marker)?;
+    stop_and_check_gone(agent, &t, &marker)?;
     let l = log_lines(agent, &alloc);
     println!("signals logged by the task: {l:?}");
     for want in ["main-term", "child-term-1", "child-term-2"] {
@@ -509,11 +565,11 @@ fn signal_all_processes(agent: &mut Agent) -> Result<()> {
 
 /// Without the option, stop's SIGTERM reaches only the main process group: the children (own
 /// sessions) do not log it; they still must not survive kill_timeout.
-fn signal_group_default(agent: &mut Agent) -> Result<()> {
+pub(crate) fn signal_group_default(agent: &mut Agent) -> Result<()> {
     let marker = unique("sigpg");
-    let (alloc, job_id) = start_trapping(agent, "sigpg", &marker, false)?;
-    stop_and_check_gone(agent, &job_id, &alloc, &marker)?;
-    let l = log_lines(agent, &alloc);
+    let t = start_trapping(agent, "sigpg", &marker, false)?;
+    stop_and_check_gone(agent, &t, &marker)?;
+    let l = log_lines(agent, &t.alloc);
     println!("signals logged by the task: {l:?}");
     ensure!(
         l.iter().any(|x| x == "main-term"),

@@ -66,8 +66,10 @@ pub fn run(args: &[String]) -> Result<()> {
     let env = ToolEnv::resolve(Profile::Debug)?;
     let guests: Vec<(Guest, &str)> = if opts.start_time {
         vec![
-            (Guest::start_time(&binaries, &env, true)?, "6.12"),
-            (Guest::start_time(&binaries, &env, false)?, "6.12"),
+            // Debian's 6.12 is built without the v1 memory and cpuset controllers
+            // (CONFIG_MEMCG_V1, CONFIG_CPUSETS_V1), which Nomad's v1 layout needs: 6.1 has both.
+            (Guest::start_time(&binaries, &env, true)?, "6.1"),
+            (Guest::start_time(&binaries, &env, false)?, "6.1"),
         ]
     } else {
         opts.kernels
@@ -172,8 +174,9 @@ fn boot(guest: &Guest, cache: &Path, series: &str) -> Result<()> {
         std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
     }
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let sources = stage(guest, &out)?;
     let script = out.join("guest.sh");
-    std::fs::write(&script, guest.script(&out))
+    std::fs::write(&script, guest.script(&out, &sources))
         .with_context(|| format!("writing {}", script.display()))?;
     println!(
         "\n[vm-test] booting {} ({version}, {}), {} steps; logs in {}",
@@ -199,6 +202,42 @@ fn boot(guest: &Guest, cache: &Path, series: &str) -> Result<()> {
         .current_dir(&out);
     forward(&mut cmd, &out.join("console.log"))?;
     check(guest, &out)
+}
+
+/// Prepares the guest's binaries: Rust ones without their debug information (`objcopy
+/// --strip-debug`, a plain copy where that fails) in `out/bin`, others as they are; returns the
+/// files the guest copies into its RAM.
+fn stage(guest: &Guest, out: &Path) -> Result<Vec<PathBuf>> {
+    let dir = out.join("bin");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut sources: Vec<PathBuf> = Vec::new();
+    for s in &guest.stage {
+        let source = if s.strip {
+            let name = s
+                .host
+                .file_name()
+                .with_context(|| format!("{} has no file name", s.host.display()))?;
+            let dest = dir.join(name);
+            let stripped = Command::new("objcopy")
+                .arg("--strip-debug")
+                .arg(&s.host)
+                .arg(&dest)
+                .status()
+                .is_ok_and(|st| st.success());
+            if !stripped {
+                std::fs::copy(&s.host, &dest).with_context(|| {
+                    format!("copying {} to {}", s.host.display(), dest.display())
+                })?;
+            }
+            dest
+        } else {
+            s.host.clone()
+        };
+        if !sources.contains(&source) {
+            sources.push(source);
+        }
+    }
+    Ok(sources)
 }
 
 /// Runs vng with its output piped (QEMU reopens fds 1 and 2, which would truncate a file they
