@@ -29,9 +29,9 @@ commands:
   env [--export] [--release] print NOMAD_BIN, NOMAD_VERSION, DRIVER_BIN, PLUGIN_DIR, BPF_LINKER,
                              JAEGER_BIN, PROMETHEUS_BIN, PROMTOOL_BIN, ...
   build [--release]          build nomad-driver-bpfexec (bpf-linker on PATH) and refresh PLUGIN_DIR
-  test [--e2e-only|--no-e2e] [--vm] [-- <test args>]
+  test [--e2e-only|--no-e2e] [--no-vm] [-- <test args>]
                              setup, fmt, clippy, unit + privileged tests, build, e2e suite,
-                             with --vm then vm-test
+                             then vm-test (not with --no-vm, --e2e-only or --no-e2e)
   demo [--once] [--release]  start a Nomad agent with the driver on loopback, run examples/*.nomad.hcl
                              and report; keeps running until Ctrl-C unless --once
   dashboards [--check]       write dashboards/ (Grafana dashboards, Prometheus rules, promtool
