@@ -22,7 +22,7 @@ pub const FILENAME_LEN: usize = 128;
 /// Version of everything pinned under bpffs (map names, key/value layouts, sizes). The driver pins
 /// into a directory named after it, so a driver with another layout never reuses stale maps.
 /// Bump it whenever a pinned map's definition or value layout changes.
-pub const PIN_LAYOUT_VERSION: u32 = 2;
+pub const PIN_LAYOUT_VERSION: u32 = 3;
 
 /// Name of the ring buffer map that carries the records (pinned).
 pub const MAP_EVENTS: &str = "EVENTS";
@@ -41,8 +41,12 @@ pub const MAP_HELPERS: &str = "HELPERS";
 
 /// Size of the `EVENTS` ring buffer: 4 MiB, roughly 40,000 records of backlog.
 pub const EVENTS_BYTES: u32 = 4 << 20;
-/// Capacity of `TRACKED` (live processes of all tasks together).
+/// Default capacity of `TRACKED` (live processes of all tasks together); the driver may load the
+/// map with another size (plugin option `tracked_processes`).
 pub const TRACKED_MAX: u32 = 65_536;
+/// Default share of `TRACKED` one task may hold (plugin option `tracked_processes_per_task`):
+/// a fork storm in one task stops being tracked at its share instead of filling the map for all.
+pub const TRACKED_PER_TASK_DEFAULT: u32 = TRACKED_MAX / 4;
 /// Capacity of `THREADS` (live non-leader threads of all tasks together).
 pub const THREADS_MAX: u32 = 131_072;
 /// Capacity of `FACTS` (tasks known to the driver, running or exited but not yet destroyed).
@@ -73,6 +77,18 @@ pub const GLOBAL_NEWTASK_LAYOUT: &str = "NEWTASK_LAYOUT";
 pub const GLOBAL_SIGNAL_LAYOUT: &str = "SIGNAL_LAYOUT";
 /// See [`GLOBAL_EXEC_LAYOUT`].
 pub const GLOBAL_OOM_LAYOUT: &str = "OOM_LAYOUT";
+/// Name of the global that carries [`TrackLimits`].
+pub const GLOBAL_TRACK_LIMITS: &str = "TRACK_LIMITS";
+
+/// How many processes the probes track per task, set by the driver at load time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrackLimits {
+    /// A task whose [`TaskFacts::live_processes`] reached this gets no more `TRACKED` entries:
+    /// its new processes are counted in [`TaskFacts::untracked_processes`] instead. 0: no limit
+    /// but the map's capacity.
+    pub per_task: u64,
+}
 
 /// Values of [`EventHeader::kind`].
 pub mod kind {
@@ -298,6 +314,15 @@ pub struct TaskFacts {
     pub signals: [SignalFact; SIGNAL_SLOTS],
     /// The last signal that reached the task's helper (`HELPERS`); its SIGKILL ends the task.
     pub helper_signal: SignalFact,
+    /// Processes of the task the probes added to `TRACKED` minus those that exited (atomic; the
+    /// processes userspace registered are not counted, so it may dip below zero).
+    pub live_processes: i64,
+    /// New processes of the task the probes could not track: the task's share of `TRACKED`
+    /// ([`TrackLimits::per_task`]) was used up or the map was full (atomic). Their events and
+    /// those of their descendants are not seen: the task's observation is degraded.
+    pub untracked_processes: u64,
+    /// New threads of tracked processes that did not fit in `THREADS` (atomic).
+    pub untracked_threads: u64,
 }
 
 impl TaskFacts {
@@ -414,7 +439,8 @@ const _: () = {
     assert!(core::mem::size_of::<OomVictimRecord>() == 104);
     assert!(core::mem::size_of::<SignalFact>() == 56);
     assert!(core::mem::size_of::<OomFact>() == 72);
-    assert!(core::mem::size_of::<TaskFacts>() == 32 + 2 * 72 + (SIGNAL_SLOTS + 1) * 56);
+    assert!(core::mem::size_of::<TaskFacts>() == 32 + 2 * 72 + (SIGNAL_SLOTS + 1) * 56 + 24);
+    assert!(core::mem::size_of::<TrackLimits>() == 8);
     assert!(core::mem::size_of::<FieldLoc>() == 8);
     assert!(core::mem::align_of::<ExecRecord>() == 8);
     assert!(core::mem::align_of::<TaskFacts>() == 8);
@@ -425,7 +451,7 @@ mod pod {
     use super::{
         EventHeader, ExecLayout, ExecRecord, ExitLayout, ExitRecord, FieldLoc, ForkRecord,
         NewTaskLayout, OomFact, OomLayout, OomVictimRecord, SignalFact, SignalLayout, SignalRecord,
-        TaskFacts,
+        TaskFacts, TrackLimits,
     };
 
     // SAFETY: every type below is `#[repr(C)]`, `Copy`, built only from integers and byte arrays
@@ -460,4 +486,6 @@ mod pod {
     unsafe impl aya::Pod for SignalLayout {}
     // SAFETY: see the comment on `EventHeader` above.
     unsafe impl aya::Pod for OomLayout {}
+    // SAFETY: see the comment on `EventHeader` above (one u64).
+    unsafe impl aya::Pod for TrackLimits {}
 }

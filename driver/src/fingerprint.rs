@@ -52,16 +52,76 @@ pub async fn current(rt: &Runtime) -> FingerprintResponse {
             string(attached),
         );
     }
-    if let Some(e) = probe_error {
-        attrs.insert("driver.bpfexec.probes.error".to_owned(), string(e));
+    if let Some(e) = &probe_error {
+        attrs.insert("driver.bpfexec.probes.error".to_owned(), string(e.clone()));
     }
-    let (health, description) = health(rt);
+    let pinning_off = rt.pinning_off().await;
+    if probes == "loaded" {
+        attrs.insert(
+            "driver.bpfexec.probes.pinned".to_owned(),
+            string(if pinning_off.is_some() {
+                "false"
+            } else {
+                "true"
+            }),
+        );
+    }
+    if let Some(why) = &pinning_off {
+        attrs.insert(
+            "driver.bpfexec.probes.pinned.error".to_owned(),
+            string(why.clone()),
+        );
+    }
+    let (health, description) = match health(rt) {
+        (HealthState::Healthy, _) => observation_health(rt, probe_error, pinning_off),
+        other => other,
+    };
     FingerprintResponse {
         attributes: attrs,
         health: health as i32,
         health_description: description,
         err: String::new(),
     }
+}
+
+/// A driver whose probes failed to load, or could not pin their state although the operator
+/// wants it pinned, is unhealthy unless the operator accepts that (`allow_unobserved`): tasks
+/// would run without the kernel observation (exit reasons, escapes, leaks) or lose it at every
+/// plugin restart, silently.
+fn observation_health(
+    rt: &Runtime,
+    probe_error: Option<String>,
+    pinning_off: Option<String>,
+) -> (HealthState, String) {
+    let Ok(cfg) = rt.configured() else {
+        return (HealthState::Healthy, "Healthy".into());
+    };
+    if cfg.plugin.allow_unobserved {
+        return (HealthState::Healthy, "Healthy".into());
+    }
+    if let Some(e) = probe_error {
+        return (
+            HealthState::Unhealthy,
+            format!(
+                "eBPF probes failed to load: {e}; tasks would run without kernel observation \
+                 (exit reasons, escapes, leaks): fix the cause and restart the agent, or set \
+                 allow_unobserved = true to run tasks anyway"
+            ),
+        );
+    }
+    if let Some(why) = pinning_off
+        && cfg.plugin.bpf_pin_dir.is_some()
+    {
+        return (
+            HealthState::Unhealthy,
+            format!(
+                "eBPF probe state cannot be pinned: {why}; what the probes see would not survive \
+                 a plugin restart: fix the cause and restart the agent, or set bpf_pin_dir = \"\" \
+                 (or allow_unobserved = true) to run without"
+            ),
+        );
+    }
+    (HealthState::Healthy, "Healthy".into())
 }
 
 fn health(rt: &Runtime) -> (HealthState, String) {

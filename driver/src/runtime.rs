@@ -132,8 +132,16 @@ impl Runtime {
             Compute::from_topology(nomad.driver.as_ref().and_then(|d| d.topology.as_ref()));
         let pins = crate::probes::ProbeOptions {
             pin_root: plugin.bpf_pin_dir.clone(),
+            tracked_capacity: plugin.tracked_processes,
+            tracked_per_task: plugin.tracked_processes_per_task,
+            tracefs: plugin.tracefs_dir.clone(),
+            bpffs: plugin.bpffs_dir.clone(),
         };
         let escape_check = plugin.escape_check_interval;
+        let track_limits = crate::observer::TrackLimits {
+            capacity: plugin.tracked_processes,
+            per_task: plugin.tracked_processes_per_task,
+        };
         let start = StartContext {
             plugin: plugin.clone(),
             cgroup_mode: self.cgroup_mode,
@@ -147,7 +155,7 @@ impl Runtime {
             start,
             compute,
         });
-        self.load_probes(pins, escape_check).await;
+        self.load_probes(pins, escape_check, track_limits).await;
         Ok(())
     }
 
@@ -155,6 +163,7 @@ impl Runtime {
         &self,
         options: crate::probes::ProbeOptions,
         escape_check: std::time::Duration,
+        track_limits: crate::observer::TrackLimits,
     ) {
         let mut probes = self.probes.write().await;
         if matches!(*probes, ProbeState::Loaded(_)) {
@@ -166,6 +175,7 @@ impl Runtime {
                 let set = Arc::new(set);
                 let config = crate::observer::ObserverConfig {
                     escape_check_ns: u64::try_from(escape_check.as_nanos()).unwrap_or(u64::MAX),
+                    track_limits,
                     ..crate::observer::ObserverConfig::default()
                 };
                 let observer = crate::observer::Observer::start(
@@ -213,6 +223,17 @@ impl Runtime {
             ProbeState::NotLoaded => ("not_loaded".into(), String::new(), None),
             ProbeState::Loaded(set) => ("loaded".into(), set.attached().join(","), None),
             ProbeState::Failed(e) => ("failed".into(), String::new(), Some(e.clone())),
+        }
+    }
+
+    /// Why the loaded probes' state is not pinned, if it is not (None: pinned, or no probes).
+    pub async fn pinning_off(&self) -> Option<String> {
+        match &*self.probes.read().await {
+            ProbeState::Loaded(set) => match set.pinning() {
+                crate::probes::Pinning::Off { reason } => Some(reason.clone()),
+                crate::probes::Pinning::On { .. } => None,
+            },
+            _ => None,
         }
     }
 }

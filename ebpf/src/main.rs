@@ -5,6 +5,9 @@
 //! `LOST` counter is bumped when it is full). `task_newtask` extends `TRACKED` to new processes of
 //! tracked ones and `THREADS` to their threads; `sched_process_exit` removes them. The probes also
 //! keep the pinned per-task `FACTS` (signals to the main process, OOM kills) up to date in place.
+//! A task holds at most `TRACK_LIMITS.per_task` entries of `TRACKED`; a process that does not fit
+//! (its task's share used up, or the map full) is not tracked and is counted in its task's facts
+//! instead, so one task's fork storm neither fills the map for others nor goes unnoticed.
 //! No policy here: classification lives in the driver.
 #![no_std]
 #![no_main]
@@ -22,10 +25,10 @@ use aya_ebpf::{
 use bpfexec_common::{
     BPF_F_NO_PREALLOC, CLONE_THREAD, COMM_LEN, EVENTS_BYTES, EventHeader, ExecLayout, ExecRecord,
     ExitLayout, ExitRecord, FACTS_MAX, FieldLoc, ForkRecord, HELPERS_MAX, NewTaskLayout, OomFact,
-    OomLayout,
-    OomVictimRecord, SIGNAL_SLOTS, SignalFact, SignalLayout, SignalRecord, THREADS_MAX,
-    TRACKED_MAX, TaskFacts, is_noise_signal, kind, signal_result,
+    OomLayout, OomVictimRecord, SIGNAL_SLOTS, SignalFact, SignalLayout, SignalRecord, THREADS_MAX,
+    TRACKED_MAX, TaskFacts, TrackLimits, is_noise_signal, kind, signal_result,
 };
+use core::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
@@ -73,6 +76,8 @@ static SIGNAL_LAYOUT: Global<SignalLayout> = Global::new(SignalLayout {
     group: FieldLoc::ABSENT,
     result: FieldLoc::ABSENT,
 });
+#[unsafe(no_mangle)]
+static TRACK_LIMITS: Global<TrackLimits> = Global::new(TrackLimits { per_task: 0 });
 #[unsafe(no_mangle)]
 static OOM_LAYOUT: Global<OomLayout> = Global::new(OomLayout {
     pid: FieldLoc::ABSENT,
@@ -280,12 +285,16 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     if !process_gone {
         return 0;
     }
-    let _ = TRACKED.remove(tgid);
+    let removed = TRACKED.remove(tgid).is_ok();
     let now = now_ns();
     let mut main_gone = false;
     if let Some(facts) = FACTS.get_ptr_mut(task) {
-        // SAFETY: see `sched_process_exec`.
+        // SAFETY: see `sched_process_exec`; the counter is only touched atomically.
         unsafe {
+            if removed {
+                AtomicI64::from_ptr(&raw mut (*facts).live_processes)
+                    .fetch_sub(1, Ordering::Relaxed);
+            }
             if (*facts).main_pid == tgid {
                 (*facts).main_exit_ktime_ns = now;
                 main_gone = true;
@@ -322,11 +331,23 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
     let layout = NEWTASK_LAYOUT.load();
     let child = read_int(&ctx, layout.pid) as u32;
     let clone_flags = read_int(&ctx, layout.clone_flags) as u64;
+    let facts = FACTS.get_ptr_mut(task);
     if clone_flags & CLONE_THREAD != 0 {
-        let _ = THREADS.insert(child, tgid, 0);
+        if THREADS.insert(child, tgid, 0).is_err()
+            && let Some(facts) = facts
+        {
+            // SAFETY: pointer from a successful lookup of a value userspace created; the
+            // counter is only touched atomically.
+            unsafe {
+                AtomicU64::from_ptr(&raw mut (*facts).untracked_threads)
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
         return 0;
     }
-    let _ = TRACKED.insert(child, task, 0);
+    if !track_child(child, task, facts) {
+        return 0;
+    }
     let Some(mut entry) = EVENTS.reserve::<ForkRecord>(0) else {
         count_lost();
         return 0;
@@ -345,6 +366,30 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
     }
     entry.submit(submit_flags(false));
     0
+}
+
+/// Adds `child` to `TRACKED` for `task` unless the task's share or the map is used up; counts the
+/// child in the task's facts either way. False when the child is not tracked.
+#[inline(always)]
+fn track_child(child: u32, task: u64, facts: Option<*mut TaskFacts>) -> bool {
+    let limit = TRACK_LIMITS.load().per_task;
+    let Some(facts) = facts else {
+        // No facts record (the task is being forgotten): track without accounting.
+        return TRACKED.insert(child, task, 0).is_ok();
+    };
+    // SAFETY: pointer from a successful lookup of a value userspace created; the counters are
+    // only touched atomically (the limit check may let a few racing forks through: the share is
+    // approximate, the map's capacity is the hard bound).
+    unsafe {
+        let live = AtomicI64::from_ptr(&raw mut (*facts).live_processes);
+        let within = limit == 0 || live.load(Ordering::Relaxed) < limit as i64;
+        if within && TRACKED.insert(child, task, 0).is_ok() {
+            live.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        AtomicU64::from_ptr(&raw mut (*facts).untracked_processes).fetch_add(1, Ordering::Relaxed);
+    }
+    false
 }
 
 #[tracepoint(category = "signal", name = "signal_generate")]

@@ -276,6 +276,21 @@ impl Agent {
         }
     }
 
+    /// Replaces the lines inside the plugin's `config {}` (besides `state_dir` and
+    /// `bpf_pin_dir`; a `bpf_pin_dir` line here replaces the agent's own) and whether [`Agent::wait_ready`] waits for the driver
+    /// to be healthy; takes effect at the next start of the agent.
+    pub fn set_plugin_config(&mut self, hcl: &str, wait_driver_healthy: bool) -> Result<()> {
+        hcl.clone_into(&mut self.opts.plugin_config);
+        self.opts.wait_driver_healthy = wait_driver_healthy;
+        let text = config::render(
+            &self.layout,
+            self.opts.with_driver,
+            &self.opts.plugin_config,
+            &self.opts.extra_hcl,
+        );
+        fs::write(&self.config_path, text).context("rewriting the agent config")
+    }
+
     /// Starts a new agent process on the same data dir and config (stopping the current one
     /// gracefully first if it still runs), then waits until ready.
     pub fn restart(&mut self) -> Result<Node> {

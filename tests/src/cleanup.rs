@@ -108,7 +108,7 @@ impl Owner<'_> {
     }
 
     /// Our processes plus all their descendants.
-    fn processes(&self) -> Vec<i32> {
+    pub(crate) fn processes(&self) -> Vec<i32> {
         let all = procs::find(|_| true);
         let mut ours: BTreeSet<i32> = all.iter().copied().filter(|p| self.owns(*p)).collect();
         loop {
@@ -150,7 +150,7 @@ fn kill_our_processes(owner: &Owner<'_>) {
 }
 
 /// Mount points (unescaped) listed in /proc/self/mountinfo that lie under `root`.
-fn mounts_under(root: &Path) -> Vec<PathBuf> {
+pub(crate) fn mounts_under(root: &Path) -> Vec<PathBuf> {
     let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
         return Vec::new();
     };
@@ -210,7 +210,12 @@ fn remove_task_cgroups(alloc_ids: &BTreeSet<String>) {
     }
 }
 
-fn collect_cgroups(dir: &Path, depth: usize, ids: &BTreeSet<String>, found: &mut Vec<PathBuf>) {
+pub(crate) fn collect_cgroups(
+    dir: &Path,
+    depth: usize,
+    ids: &BTreeSet<String>,
+    found: &mut Vec<PathBuf>,
+) {
     if depth > 4 {
         return;
     }

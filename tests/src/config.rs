@@ -136,12 +136,20 @@ client {{
         serf = layout.serf_port,
     );
     if with_driver {
+        // A test may point the pins elsewhere (a fault); the agent's own pin dir is then unused.
+        let own_pins = plugin_config
+            .lines()
+            .any(|l| l.trim_start().starts_with("bpf_pin_dir"));
+        let pins = if own_pins {
+            String::new()
+        } else {
+            format!("    bpf_pin_dir = {}\n", hcl_path(&layout.pin_dir))
+        };
         let _ = write!(
             hcl,
-            "\nplugin {plugin} {{\n  config {{\n    state_dir = {state}\n    bpf_pin_dir = {pins}\n{extra}\n  }}\n}}\n",
+            "\nplugin {plugin} {{\n  config {{\n    state_dir = {state}\n{pins}{extra}\n  }}\n}}\n",
             plugin = hcl_string(PLUGIN_FILE_NAME),
             state = hcl_path(&layout.state_dir),
-            pins = hcl_path(&layout.pin_dir),
             extra = plugin_config,
         );
     }

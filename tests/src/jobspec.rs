@@ -34,6 +34,9 @@ pub struct JobSpec {
     kill_timeout: Option<String>,
     env: Vec<(String, String)>,
     memory_mb: u32,
+    cpu_mhz: u32,
+    /// Group `count`.
+    count: u32,
     /// Group `restart { attempts, delay }` (default: no restart).
     restart: (u32, String),
     extra_task_hcl: String,
@@ -53,6 +56,8 @@ impl JobSpec {
             kill_timeout: None,
             env: Vec::new(),
             memory_mb: 64,
+            cpu_mhz: 100,
+            count: 1,
             restart: (0, "15s".to_owned()),
             extra_task_hcl: String::new(),
         }
@@ -157,6 +162,20 @@ impl JobSpec {
         self
     }
 
+    /// The task's CPU reservation in MHz (default 100; many tasks on a small node need less).
+    #[must_use]
+    pub fn cpu_mhz(mut self, mhz: u32) -> Self {
+        self.cpu_mhz = mhz;
+        self
+    }
+
+    /// Allocations of the group (default 1).
+    #[must_use]
+    pub fn count(mut self, n: u32) -> Self {
+        self.count = n;
+        self
+    }
+
     /// Nomad restarts the failed task `attempts` times, `delay` apart, in the same allocation
     /// (then the allocation fails; it is never rescheduled).
     #[must_use]
@@ -208,7 +227,7 @@ impl JobSpec {
             r#"job {id} {{
   type = "{job_type}"
   group "{GROUP}" {{
-    count = 1
+    count = {count}
     restart {{
       attempts = {attempts}
       delay    = {delay}
@@ -224,7 +243,7 @@ impl JobSpec {
       {config}
       }}
       resources {{
-        cpu    = 100
+        cpu    = {cpu}
         memory = {memory}
       }}
 {task_extra}    }}
@@ -236,6 +255,8 @@ impl JobSpec {
             driver = hcl_string(&self.driver),
             config = self.config_body(),
             memory = self.memory_mb,
+            cpu = self.cpu_mhz,
+            count = self.count,
             attempts = self.restart.0,
             delay = hcl_string(&self.restart.1),
         )

@@ -38,6 +38,7 @@ pub mod harness;
 pub mod isolation;
 pub mod jobspec;
 pub mod journald;
+pub mod leftovers;
 pub mod mixin;
 pub mod observe;
 pub mod peers;

@@ -4,6 +4,14 @@
 //! (then Nomad places nothing); a task that was already running keeps running and still reports
 //! its true exit code (its exit record's space was reserved at start); the plugin does not
 //! crash; the driver is healthy again once there is space.
+//!
+//! `probe_faults`: the agent is restarted with the probes' kernel filesystems out of reach,
+//! through the plugin's own options (never by unmounting the host's): `tracefs_dir` and
+//! `bpffs_dir` pointing at a regular file, where the kernel refuses to mount tracefs or bpffs
+//! (ENOTDIR), as on a host where they are missing or not mountable. The fingerprint turns
+//! unhealthy naming the cause and the option that accepts it; the plugin does not crash; a task
+//! started before keeps running across the restart and reports its true exit code; the driver
+//! is healthy again once the configuration is restored.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,6 +36,113 @@ fn faults() {
             run: state_dir_full_then_read_only,
         }],
     );
+}
+
+#[test]
+fn probe_faults() {
+    if !suite::is_bpfexec() {
+        println!("SKIP: probe_faults: bpfexec-only checks (BPFEXEC_E2E_DRIVER=raw_exec)");
+        return;
+    }
+    run_checks(
+        "probe_faults",
+        suite::options(),
+        &[
+            Check {
+                name: "tracefs_missing",
+                run: tracefs_missing,
+            },
+            Check {
+                name: "bpffs_not_mountable",
+                run: bpffs_not_mountable,
+            },
+        ],
+    );
+}
+
+/// A regular file in the agent's temp dir: tracefs or bpffs cannot be mounted on it.
+fn not_a_dir(agent: &Agent, name: &str) -> Result<PathBuf> {
+    let path = agent.root().join(name);
+    std::fs::write(&path, b"not a mount point\n")?;
+    Ok(path)
+}
+
+fn tracefs_missing(agent: &mut Agent) -> Result<()> {
+    let file = not_a_dir(agent, "no-tracefs")?;
+    probe_fault(
+        agent,
+        &format!("tracefs_dir = {:?}", file.display().to_string()),
+        &["eBPF probes failed to load", "tracefs", "allow_unobserved"],
+    )
+}
+
+fn bpffs_not_mountable(agent: &mut Agent) -> Result<()> {
+    let file = not_a_dir(agent, "no-bpffs")?;
+    let fault = format!(
+        "bpffs_dir = {:?}\n    bpf_pin_dir = {:?}",
+        file.display().to_string(),
+        file.join("pins").display().to_string()
+    );
+    probe_fault(
+        agent,
+        &fault,
+        &[
+            "cannot be pinned",
+            "bpffs is not mounted",
+            "bpf_pin_dir = \"\"",
+        ],
+    )
+}
+
+/// Runs a gated task, restarts the agent with `fault` in the plugin config, checks the driver
+/// is unhealthy naming every one of `needles`, the task still runs and reports its exit code,
+/// then restores the configuration.
+fn probe_fault(agent: &mut Agent, fault: &str, needles: &[&str]) -> Result<()> {
+    let job = suite::batch("probe-fault").shell(
+        "echo $$ > \"$NOMAD_ALLOC_DIR/pid\"\n\
+         while [ ! -e \"$NOMAD_ALLOC_DIR/go\" ]; do sleep 0.2; done\nexit 5",
+    );
+    let api = agent.api();
+    let job_a = api.register_job(&job.to_hcl())?;
+    let alloc_a = api.wait_job_alloc(&job_a, TIMEOUT)?;
+    api.wait_alloc_status(&alloc_a, &["running"], TIMEOUT)?;
+    let pid = wait_task_pid(agent, &alloc_a, "pid")?;
+
+    agent.stop()?;
+    agent.set_plugin_config(fault, false)?;
+    agent.restart()?;
+    let health = wait_health(agent, needles[0])?;
+    println!("health: {health}");
+    let plugin = agent.plugin_pids();
+    let node = agent.node()?;
+    let d = node.drivers.get(DRIVER_NAME).cloned().unwrap_or_default();
+    ensure!(!d.healthy, "the driver is healthy: {d:?}");
+    for n in needles {
+        ensure!(
+            health.contains(n),
+            "the health description misses {n:?}: {health}"
+        );
+    }
+    ensure!(
+        suite::task_alive(pid, &alloc_a),
+        "the task started before the fault does not run any more"
+    );
+    std::fs::write(alloc_file(agent, &alloc_a, "go"), b"")?;
+    let a = agent
+        .api()
+        .wait_alloc_status(&alloc_a, &["failed"], TIMEOUT)?;
+    expect_terminated(&a, 5, 0)?;
+    ensure!(
+        agent.plugin_pids() == plugin,
+        "the plugin process changed ({plugin:?} -> {:?}): it crashed",
+        agent.plugin_pids()
+    );
+
+    agent.stop()?;
+    agent.set_plugin_config("", true)?;
+    agent.restart()?;
+    println!("health after the fix: {}", wait_health(agent, "Healthy")?);
+    Ok(())
 }
 
 /// A tmpfs mounted by this test on a directory of its own; lazily unmounted on drop.

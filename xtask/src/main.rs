@@ -9,6 +9,7 @@ mod dashboards;
 mod demo;
 mod driver;
 mod env;
+mod fuzz;
 mod setup;
 mod test;
 mod tools;
@@ -29,9 +30,15 @@ commands:
   env [--export] [--release] print NOMAD_BIN, NOMAD_VERSION, DRIVER_BIN, PLUGIN_DIR, BPF_LINKER,
                              JAEGER_BIN, PROMETHEUS_BIN, PROMTOOL_BIN, ...
   build [--release]          build nomad-driver-bpfexec (bpf-linker on PATH) and refresh PLUGIN_DIR
-  test [--e2e-only|--no-e2e] [--no-vm] [-- <test args>]
-                             setup, fmt, clippy, unit + privileged tests, build, e2e suite,
-                             then vm-test (not with --no-vm, --e2e-only or --no-e2e)
+  test [--e2e-only|--no-e2e] [--no-vm] [--long] [--no-fuzz] [--fuzz-seconds N] [-- <test args>]
+                             setup, fmt, clippy, unit + privileged tests, fuzzing (20 s per
+                             target), build, e2e suite, then vm-test (not with --no-vm,
+                             --e2e-only or --no-e2e); --long: the long variants
+                             (BPFEXEC_E2E_LONG=1: 200-task scale, big churn and fork storm)
+                             and 300 s per fuzz target
+  fuzz [--seconds N] [target ...]
+                             run the cargo-fuzz targets in fuzz/ (nightly, libFuzzer) for N s
+                             each (default 300); cargo-fuzz is installed into the cache
   demo [--once] [--release]  start a Nomad agent with the driver on loopback, run examples/*.nomad.hcl
                              and report; keeps running until Ctrl-C unless --once
   dashboards [--check]       write dashboards/ (Grafana dashboards, Prometheus rules, promtool
@@ -79,6 +86,7 @@ fn dispatch(args: &[String]) -> Result<()> {
         "bench" => bench::run(rest),
         "dashboards" => dashboards::run(rest),
         "vm-test" => vm::run(rest),
+        "fuzz" => fuzz::run(rest),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())

@@ -1,9 +1,10 @@
 //! `cargo xtask test`: the whole CI gate, in order: setup, fmt, clippy, unit + privileged driver
-//! tests, driver build, the e2e suite against a real Nomad agent, then `vm-test` (the privileged
-//! tests and an e2e subset in QEMU guests: cgroup v2 only, and Debian 12's 6.1; `--no-vm` leaves
-//! it out). Stops at the first failing step; prints a banner per step and a summary with
-//! durations. In CI the tests must run as root (privileged tests are never skipped silently
-//! there), and the VM step's own preconditions (root, Debian's packages) fail it.
+//! tests, fuzzing (each cargo-fuzz target for a bounded time), dashboards, driver build, the
+//! e2e suite against a real Nomad agent, then `vm-test` (the privileged tests and an e2e subset
+//! in QEMU guests: cgroup v2 only, and Debian 12's 6.1; `--no-vm` leaves it out). Stops at the
+//! first failing step; prints a banner per step and a summary with durations. In CI the tests
+//! must run as root (privileged tests are never skipped silently there), and the VM step's own
+//! preconditions (root, Debian's packages) fail it.
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,10 @@ struct Options {
     non_e2e: bool,
     /// The VM guests (on unless `--no-vm`, `--e2e-only` or `--no-e2e`).
     vm: bool,
+    /// Seconds per fuzz target (0: no fuzzing).
+    fuzz_seconds: u64,
+    /// The long variants of the load tests (`BPFEXEC_E2E_LONG=1`).
+    long: bool,
     /// Passed to the test binaries after `--` (a name filter, `--nocapture`, ...).
     test_args: Vec<String>,
 }
@@ -30,8 +35,11 @@ fn parse(args: &[String]) -> Result<Options> {
         e2e: true,
         non_e2e: true,
         vm: true,
+        fuzz_seconds: crate::fuzz::GATE_SECONDS,
+        long: false,
         test_args: Vec::new(),
     };
+    let mut fuzz_set = false;
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         match arg.as_str() {
@@ -46,11 +54,26 @@ fn parse(args: &[String]) -> Result<Options> {
             "--no-vm" => opts.vm = false,
             // The default now; still accepted.
             "--vm" => {}
+            "--long" => opts.long = true,
+            "--no-fuzz" => {
+                opts.fuzz_seconds = 0;
+                fuzz_set = true;
+            }
+            "--fuzz-seconds" => {
+                opts.fuzz_seconds = iter
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(|| anyhow::anyhow!("--fuzz-seconds needs a number"))?;
+                fuzz_set = true;
+            }
             "--" => opts.test_args.extend(iter.by_ref().cloned()),
             other => bail!(
-                "unknown `test` option `{other}` (expected --e2e-only, --no-e2e, --no-vm, -- <test args>)"
+                "unknown `test` option `{other}` (expected --e2e-only, --no-e2e, --no-vm, --long, --no-fuzz, --fuzz-seconds N, -- <test args>)"
             ),
         }
+    }
+    if opts.long && !fuzz_set {
+        opts.fuzz_seconds = crate::fuzz::LONG_SECONDS;
     }
     if !opts.e2e && !opts.non_e2e {
         bail!("--e2e-only and --no-e2e together leave nothing to run");
@@ -116,6 +139,20 @@ pub fn run(args: &[String]) -> Result<()> {
                 util::run(&mut cmd)
             }),
         ));
+        if opts.fuzz_seconds > 0 {
+            let seconds = opts.fuzz_seconds;
+            steps.push((
+                "fuzz",
+                format!("cargo xtask fuzz --seconds {seconds} (each target)"),
+                Box::new(move || {
+                    let targets: Vec<String> = crate::fuzz::TARGETS
+                        .iter()
+                        .map(|t| (*t).to_owned())
+                        .collect();
+                    crate::fuzz::fuzz(&targets, seconds)
+                }),
+            ));
+        }
         steps.push((
             "dashboards",
             "cargo xtask dashboards --check (fresh, structure, promtool check/test)".into(),
@@ -129,10 +166,11 @@ pub fn run(args: &[String]) -> Result<()> {
             Box::new(|| driver::build(Profile::Debug).map(|_| ())),
         ));
         let test_args = opts.test_args;
+        let long = opts.long;
         steps.push((
             "e2e tests",
             "cargo test --no-fail-fast -p bpfexec-e2e -- --test-threads=2".into(),
-            Box::new(move || run_e2e(&test_args)),
+            Box::new(move || run_e2e(&test_args, long)),
         ));
     }
     if opts.vm {
@@ -145,7 +183,7 @@ pub fn run(args: &[String]) -> Result<()> {
     run_steps(steps)
 }
 
-fn run_e2e(test_args: &[String]) -> Result<()> {
+fn run_e2e(test_args: &[String], long: bool) -> Result<()> {
     let env = ToolEnv::resolve(Profile::Debug)?;
     let mut cmd = driver::cargo()?;
     cmd.args([
@@ -160,6 +198,10 @@ fn run_e2e(test_args: &[String]) -> Result<()> {
     for (key, value) in env.vars() {
         println!("    {key}={value}");
         cmd.env(key, value);
+    }
+    if long {
+        println!("    BPFEXEC_E2E_LONG=1");
+        cmd.env("BPFEXEC_E2E_LONG", "1");
     }
     util::run(&mut cmd)
 }

@@ -85,7 +85,24 @@ pub struct PluginConfig {
     /// OTLP trace export (the `otlp` block, else the `OTEL_EXPORTER_OTLP_*` environment); None:
     /// off.
     pub otlp: Option<crate::telemetry::traces::OtlpConfig>,
+    /// Capacity of the probes' tracked-process map (live processes of all tasks together).
+    pub tracked_processes: u32,
+    /// Entries of that map one task may hold; its further processes are counted, not tracked.
+    pub tracked_processes_per_task: u32,
+    /// Where tracefs is (mounted there when it is not); None: `/sys/kernel/tracing`, then
+    /// `/sys/kernel/debug/tracing`, mounting at the first.
+    pub tracefs_dir: Option<PathBuf>,
+    /// Where bpffs is mounted when `bpf_pin_dir` is below it and it is not mounted yet.
+    pub bpffs_dir: PathBuf,
+    /// Stay healthy when the probes cannot load (tasks then run without kernel observation) or
+    /// cannot pin their state (it then does not survive plugin restarts).
+    pub allow_unobserved: bool,
 }
+
+/// Smallest accepted `tracked_processes` (a few tasks' worth).
+pub const MIN_TRACKED_PROCESSES: u32 = 64;
+/// Largest accepted `tracked_processes`: the kernel's highest `pid_max` (2^22).
+pub const MAX_TRACKED_PROCESSES: u32 = 1 << 22;
 
 /// The plugin's ephemeral-user settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +146,11 @@ impl Default for PluginConfig {
             ephemeral: None,
             metrics_retention: crate::telemetry::metrics::DEFAULT_RETENTION,
             otlp: None,
+            tracked_processes: bpfexec_common::TRACKED_MAX,
+            tracked_processes_per_task: bpfexec_common::TRACKED_PER_TASK_DEFAULT,
+            tracefs_dir: None,
+            bpffs_dir: PathBuf::from(crate::probes::pin::BPFFS_MOUNT),
+            allow_unobserved: false,
         }
     }
 }
@@ -155,6 +177,11 @@ struct Raw {
     default_ephemeral_user: Option<bool>,
     metrics_retention: Option<String>,
     otlp: Option<crate::telemetry::traces::RawOtlp>,
+    tracked_processes: Option<super::number::Number>,
+    tracked_processes_per_task: Option<super::number::Number>,
+    tracefs_dir: Option<String>,
+    bpffs_dir: Option<String>,
+    allow_unobserved: Option<bool>,
 }
 
 impl PluginConfig {
@@ -262,8 +289,73 @@ impl PluginConfig {
         if let Some(choice) = raw.default_seccomp.filter(|c| !c.is_empty()) {
             cfg.default_seccomp = SeccompChoice::parse("default_seccomp", &choice)?;
         }
+        cfg.tracefs_dir = absolute_dir("tracefs_dir", raw.tracefs_dir, "/sys/kernel/tracing")?;
+        if let Some(dir) = absolute_dir("bpffs_dir", raw.bpffs_dir, "/sys/fs/bpf")? {
+            cfg.bpffs_dir = dir;
+        }
+        cfg.allow_unobserved = raw.allow_unobserved.unwrap_or(false);
+        (cfg.tracked_processes, cfg.tracked_processes_per_task) = tracked_limits(
+            raw.tracked_processes
+                .map(|n| n.as_i64("tracked_processes"))
+                .transpose()?,
+            raw.tracked_processes_per_task
+                .map(|n| n.as_i64("tracked_processes_per_task"))
+                .transpose()?,
+        )?;
         Ok(cfg)
     }
+}
+
+/// An optional absolute directory option (empty: unset).
+fn absolute_dir(
+    field: &'static str,
+    raw: Option<String>,
+    example: &str,
+) -> Result<Option<PathBuf>, ConfigError> {
+    match raw.filter(|d| !d.is_empty()) {
+        None => Ok(None),
+        Some(d) if d.starts_with('/') => Ok(Some(PathBuf::from(d))),
+        Some(d) => Err(ConfigError::Invalid {
+            field,
+            problem: format!("{d:?} is a relative path"),
+            fix: format!("give an absolute directory, e.g. {field} = \"{example}\""),
+        }),
+    }
+}
+
+/// `tracked_processes` and `tracked_processes_per_task`: a capacity in
+/// [`MIN_TRACKED_PROCESSES`]..=[`MAX_TRACKED_PROCESSES`] and a share of it. Without a share, a
+/// task may hold a quarter of the capacity.
+fn tracked_limits(total: Option<i64>, per_task: Option<i64>) -> Result<(u32, u32), ConfigError> {
+    let total = match total {
+        None => bpfexec_common::TRACKED_MAX,
+        Some(n) => u32::try_from(n)
+            .ok()
+            .filter(|n| (MIN_TRACKED_PROCESSES..=MAX_TRACKED_PROCESSES).contains(n))
+            .ok_or_else(|| ConfigError::Invalid {
+                field: "tracked_processes",
+                problem: format!("{n} is out of range"),
+                fix: format!(
+                    "give a number of processes from {MIN_TRACKED_PROCESSES} to {MAX_TRACKED_PROCESSES} (default {})",
+                    bpfexec_common::TRACKED_MAX
+                ),
+            })?,
+    };
+    let per_task = match per_task {
+        None => (total / 4).max(1),
+        Some(n) => u32::try_from(n)
+            .ok()
+            .filter(|n| (1..=total).contains(n))
+            .ok_or_else(|| ConfigError::Invalid {
+                field: "tracked_processes_per_task",
+                problem: format!("{n} is not between 1 and tracked_processes ({total})"),
+                fix: format!(
+                    "give at most tracked_processes ({total}); by default a task may hold a quarter of it ({})",
+                    (total / 4).max(1)
+                ),
+            })?,
+    };
+    Ok((total, per_task))
 }
 
 /// `journald_socket`: an absolute path, or None for the default.
@@ -384,8 +476,13 @@ mod tests {
             ("journald_socket", "/run/systemd/journal.t/socket".into()),
             ("ephemeral_uid_range", "70000-70009".into()),
             ("default_ephemeral_user", true.into()),
+            ("tracked_processes", 1000.into()),
         ]);
         let cfg = decode(&set).expect("decode");
+        assert_eq!(
+            (cfg.tracked_processes, cfg.tracked_processes_per_task),
+            (1000, 250)
+        );
         assert_eq!(
             cfg.escape_check_interval,
             std::time::Duration::from_millis(500)
@@ -470,6 +567,12 @@ mod tests {
             ("ephemeral_uid_range", Value::from("70000")),
             ("default_ephemeral_user", Value::from(true)),
             ("metrics_retention", Value::from("a while")),
+            ("tracked_processes", Value::from(10)),
+            ("tracked_processes", Value::from(-1)),
+            ("tracked_processes_per_task", Value::from(0)),
+            ("tracked_processes_per_task", Value::from(70_000)),
+            ("tracefs_dir", Value::from("sys/kernel/tracing")),
+            ("bpffs_dir", Value::from("bpf")),
             (
                 "otlp",
                 Value::Map(vec![("endpoint".into(), "localhost:4317".into())]),

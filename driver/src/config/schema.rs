@@ -127,6 +127,20 @@ pub fn plugin_schema() -> Spec {
             with_default("default_seccomp", "string", "\"default\""),
         ),
         ("bpf_pin_dir", attr("bpf_pin_dir", "string", false)),
+        ("tracefs_dir", attr("tracefs_dir", "string", false)),
+        ("bpffs_dir", attr("bpffs_dir", "string", false)),
+        (
+            "allow_unobserved",
+            with_default("allow_unobserved", "bool", "false"),
+        ),
+        (
+            "tracked_processes",
+            attr("tracked_processes", "number", false),
+        ),
+        (
+            "tracked_processes_per_task",
+            attr("tracked_processes_per_task", "number", false),
+        ),
         ("http_addr", attr("http_addr", "string", false)),
         (
             "escape_check_interval",

@@ -38,7 +38,9 @@ pub use notice::Notice;
 pub use proc::{LiveProc, PidUsage, ProcSource, ProcStat};
 pub use reap::{PidFdReaper, Reaped, Reaper};
 pub use reason::{ExitReason, MainExit, Sender, SenderClass};
-pub use service::{NoticeReceiver, Observer, ObserverStats, Sources, TrackReport, monotonic_ns};
+pub use service::{
+    NoticeReceiver, Observer, ObserverStats, Sources, TrackLimits, TrackReport, monotonic_ns,
+};
 pub use state::{DEFAULT_ESCAPE_CHECK_NS, ObserverConfig, ObserverState};
 pub use stray::Stray;
 pub use tree::{ExecEntry, ProcessNode, ProcessTree};

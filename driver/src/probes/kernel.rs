@@ -63,6 +63,7 @@ pub fn register_pinned(
     let record = TaskFacts {
         main_pid: pid,
         tracked_ktime_ns: now_ns,
+        live_processes: 1,
         ..TaskFacts::default()
     };
     facts

@@ -22,7 +22,8 @@ use aya::{
 };
 use bpfexec_common::{
     GLOBAL_EXEC_LAYOUT, GLOBAL_EXIT_LAYOUT, GLOBAL_NEWTASK_LAYOUT, GLOBAL_OOM_LAYOUT,
-    GLOBAL_SIGNAL_LAYOUT, MAP_EVENTS, MAP_FACTS, MAP_HELPERS, MAP_LOST, MAP_THREADS, MAP_TRACKED,
+    GLOBAL_SIGNAL_LAYOUT, GLOBAL_TRACK_LIMITS, MAP_EVENTS, MAP_FACTS, MAP_HELPERS, MAP_LOST,
+    MAP_THREADS, MAP_TRACKED, TRACKED_MAX, TRACKED_PER_TASK_DEFAULT, TrackLimits,
 };
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -73,12 +74,24 @@ fn embedded_object() -> &'static [u8] {
 pub struct ProbeOptions {
     /// Pin state and links under this bpffs directory; `None` keeps everything in this process.
     pub pin_root: Option<PathBuf>,
+    /// Capacity of `TRACKED` (live processes of all tasks).
+    pub tracked_capacity: u32,
+    /// Entries of `TRACKED` one task may hold (0: no share, only the capacity).
+    pub tracked_per_task: u32,
+    /// Where tracefs is (mounted there if not); None: the usual places.
+    pub tracefs: Option<PathBuf>,
+    /// Where bpffs is mounted when the pin root is below it and it is not mounted yet.
+    pub bpffs: PathBuf,
 }
 
 impl Default for ProbeOptions {
     fn default() -> Self {
         Self {
             pin_root: Some(PathBuf::from(pin::DEFAULT_PIN_ROOT)),
+            tracked_capacity: TRACKED_MAX,
+            tracked_per_task: TRACKED_PER_TASK_DEFAULT,
+            tracefs: None,
+            bpffs: PathBuf::from(pin::BPFFS_MOUNT),
         }
     }
 }
@@ -87,7 +100,10 @@ impl ProbeOptions {
     /// Nothing pinned: state and attachments end with this process.
     #[must_use]
     pub fn unpinned() -> Self {
-        Self { pin_root: None }
+        Self {
+            pin_root: None,
+            ..Self::default()
+        }
     }
 
     /// Pinned under `root` (which must be on bpffs, or below `/sys/fs/bpf`).
@@ -95,8 +111,25 @@ impl ProbeOptions {
     pub fn pinned_at(root: impl Into<PathBuf>) -> Self {
         Self {
             pin_root: Some(root.into()),
+            ..Self::default()
         }
     }
+
+    /// FNV-1a of the probe object and the load-time settings that change the programs: names
+    /// the pinned links, so links of another build or other limits are replaced.
+    fn programs_hash(&self, object: &[u8]) -> u64 {
+        let hash = pin::hash_more(
+            pin::object_hash(object),
+            &self.tracked_capacity.to_le_bytes(),
+        );
+        pin::hash_more(hash, &self.tracked_per_task.to_le_bytes())
+    }
+}
+
+/// The capacity of a pinned map, if it exists and can be opened.
+fn pinned_capacity(path: &Path) -> Option<u32> {
+    let map = MapData::from_pin(path).ok()?;
+    map.info().ok().map(|i| i.max_entries())
 }
 
 /// What survives this driver process.
@@ -158,18 +191,33 @@ impl ProbeSet {
         if object.is_empty() {
             return Err(ProbeError::NotBuilt);
         }
-        let tracefs = tracefs::ensure_mounted()?;
+        let tracefs = tracefs::ensure_mounted_at(options.tracefs.as_deref())?;
         let layouts = Layouts::read(&tracefs)?;
         let (pins, off_reason) = match &options.pin_root {
             None => (None, "pinning disabled by the driver's options".to_owned()),
-            Some(root) => match Pins::prepare(root, pin::object_hash(object)) {
-                Ok(p) => (Some(p), String::new()),
-                Err(e) => {
-                    tracing::warn!(error = %e, "probe state will not survive a driver restart");
-                    (None, e.to_string())
+            Some(root) => {
+                match Pins::prepare(root, options.programs_hash(object), &options.bpffs) {
+                    Ok(p) => (Some(p), String::new()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "probe state will not survive a driver restart");
+                        (None, e.to_string())
+                    }
                 }
-            },
+            }
         };
+        if let Some(p) = &pins
+            && let Some(cap) = pinned_capacity(&p.map(MAP_TRACKED))
+            && cap != options.tracked_capacity
+        {
+            // A map's size is fixed at creation: start the pinned state afresh (running tasks'
+            // processes are re-read from procfs when they are recovered).
+            tracing::warn!(
+                pinned = cap,
+                wanted = options.tracked_capacity,
+                "tracked_processes changed: the pinned probe state is recreated"
+            );
+            p.remove_maps();
+        }
         let maps_reused = pins
             .as_ref()
             .is_some_and(|p| PINNED_MAPS.iter().all(|m| p.map(m).exists()));
@@ -182,13 +230,18 @@ impl ProbeSet {
             layouts.signal.unwrap_or_default(),
             layouts.oom.unwrap_or_default(),
         );
+        let limits = TrackLimits {
+            per_task: u64::from(options.tracked_per_task),
+        };
         let mut loader = EbpfLoader::new();
         loader
             .override_global(GLOBAL_EXEC_LAYOUT, &layouts.exec, true)
             .override_global(GLOBAL_EXIT_LAYOUT, &layouts.exit, true)
             .override_global(GLOBAL_NEWTASK_LAYOUT, &layouts.newtask, true)
             .override_global(GLOBAL_SIGNAL_LAYOUT, &signal_layout, true)
-            .override_global(GLOBAL_OOM_LAYOUT, &oom_layout, true);
+            .override_global(GLOBAL_OOM_LAYOUT, &oom_layout, true)
+            .override_global(GLOBAL_TRACK_LIMITS, &limits, true)
+            .set_max_entries(MAP_TRACKED, options.tracked_capacity);
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }

@@ -34,7 +34,8 @@ const LOCK_WAIT: Duration = Duration::from_secs(2);
 pub enum PinError {
     #[error(
         "bpffs is not mounted at {path} and mounting it failed ({source}); mount it yourself \
-         (`mount -t bpf bpf {path}`) so probe state survives driver restarts"
+         (`mount -t bpf bpf {path}`) so probe state survives driver restarts, or set \
+         bpf_pin_dir = \"\" to run without"
     )]
     Mount {
         path: PathBuf,
@@ -76,10 +77,10 @@ pub struct Pins {
 }
 
 impl Pins {
-    /// Mounts bpffs if `root` is under the default mount and not on bpffs yet, creates the
+    /// Mounts bpffs at `bpffs` if `root` is below it and not on bpffs yet, creates the
     /// directories and takes the lock. `object_hash` names the link directory.
-    pub fn prepare(root: &Path, object_hash: u64) -> Result<Self, PinError> {
-        ensure_bpffs(root)?;
+    pub fn prepare(root: &Path, object_hash: u64, bpffs: &Path) -> Result<Self, PinError> {
+        ensure_bpffs_at(root, bpffs)?;
         let version_dir = root.join(format!("v{PIN_LAYOUT_VERSION}"));
         let maps = version_dir.join("maps");
         let links = version_dir
@@ -155,6 +156,18 @@ impl Pins {
         }
     }
 
+    /// Unpins the state maps (for a change of their sizes): the next load creates them afresh.
+    pub fn remove_maps(&self) {
+        let Ok(entries) = fs::read_dir(&self.maps) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if let Err(e) = fs::remove_file(entry.path()) {
+                tracing::warn!(path = %entry.path().display(), error = %e, "cannot unpin a probe map");
+            }
+        }
+    }
+
     /// Unpins this build's links (they detach once no process holds them).
     pub fn remove_links(&self) -> io::Result<()> {
         match fs::remove_dir_all(&self.links) {
@@ -205,7 +218,11 @@ fn is_bpffs(path: &Path) -> bool {
 /// Makes sure `root` can live on bpffs: mounts bpffs at [`BPFFS_MOUNT`] when `root` is below it
 /// and it is not mounted yet.
 pub fn ensure_bpffs(root: &Path) -> Result<(), PinError> {
-    let mount_point = Path::new(BPFFS_MOUNT);
+    ensure_bpffs_at(root, Path::new(BPFFS_MOUNT))
+}
+
+/// [`ensure_bpffs`] with another mount point (the plugin's `bpffs_dir`).
+pub fn ensure_bpffs_at(root: &Path, mount_point: &Path) -> Result<(), PinError> {
     let existing = root.ancestors().find(|p| p.exists()).unwrap_or(mount_point);
     if is_bpffs(existing) {
         return Ok(());
@@ -232,16 +249,21 @@ pub fn ensure_bpffs(root: &Path) -> Result<(), PinError> {
             source,
         });
     }
-    tracing::info!(path = BPFFS_MOUNT, "mounted bpffs");
+    tracing::info!(path = %mount_point.display(), "mounted bpffs");
     Ok(())
 }
 
 /// FNV-1a 64 of the probe object: names the link directory, so links made by another build of the
 /// probes are recognised as stale.
 pub fn object_hash(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    hash_more(0xcbf2_9ce4_8422_2325, bytes)
+}
+
+/// Continues an FNV-1a 64 hash `h` over `bytes`.
+pub fn hash_more(h: u64, bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(h, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// True when `path` is a pinned bpf_link that can still be opened.

@@ -18,8 +18,10 @@ pub const TRACEFS_CANDIDATES: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/d
 #[derive(Debug, thiserror::Error)]
 pub enum TracefsError {
     #[error(
-        "tracefs is not mounted and mounting it at {path} failed ({source}); mount it yourself \
-         (`mount -t tracefs tracefs {path}`) or run the driver as root with CAP_SYS_ADMIN"
+        "tracefs is not mounted and mounting it at {path} failed ({source}); the probes need \
+         the tracepoint formats it serves: mount it yourself (`mount -t tracefs tracefs {path}`), \
+         point the plugin's tracefs_dir at a tracefs mount, or run the driver as root with \
+         CAP_SYS_ADMIN"
     )]
     Mount {
         path: PathBuf,
@@ -76,13 +78,25 @@ static MOUNT_LOCK: Mutex<()> = Mutex::new(());
 /// Returns a tracefs root that has an `events/` directory, mounting tracefs at
 /// `/sys/kernel/tracing` when none of [`TRACEFS_CANDIDATES`] has one. Safe to call repeatedly.
 pub fn ensure_mounted() -> Result<PathBuf, TracefsError> {
+    ensure_mounted_at(None)
+}
+
+/// [`ensure_mounted`], or with `dir` (the plugin's `tracefs_dir`): only that directory is
+/// looked at, and tracefs is mounted there when it has no `events/`.
+pub fn ensure_mounted_at(dir: Option<&Path>) -> Result<PathBuf, TracefsError> {
     let _guard = MOUNT_LOCK
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(found) = find() {
-        return Ok(found);
-    }
-    let target = PathBuf::from(TRACEFS_CANDIDATES[0]);
+    let target = match dir {
+        Some(d) if has_events(d) => return Ok(d.to_path_buf()),
+        Some(d) => d.to_path_buf(),
+        None => {
+            if let Some(found) = find() {
+                return Ok(found);
+            }
+            PathBuf::from(TRACEFS_CANDIDATES[0])
+        }
+    };
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     if let Err(source) = mount(
         Some("tracefs"),

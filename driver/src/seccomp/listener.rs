@@ -231,13 +231,20 @@ pub fn read_records(state_dir: &Path, from: u64) -> io::Result<(Vec<Blocked>, u6
     let mut buf = Vec::new();
     // Bounded: at most one line per syscall number per listener.
     f.take(1 << 20).read_to_end(&mut buf)?;
+    let (records, whole) = parse_records(&buf);
+    Ok((records, from + whole as u64))
+}
+
+/// The records in the whole lines of `buf` (lines that do not parse are skipped) and how many
+/// bytes those lines take.
+pub fn parse_records(buf: &[u8]) -> (Vec<Blocked>, usize) {
     let whole = buf.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
     let records = buf[..whole]
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
         .filter_map(|l| serde_json::from_slice(l).ok())
         .collect();
-    Ok((records, from + whole as u64))
+    (records, whole)
 }
 
 #[cfg(test)]

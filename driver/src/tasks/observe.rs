@@ -360,7 +360,8 @@ impl Observation {
                 ExitReason::from_wait_status(exit),
             ),
         };
-        let (_, message, annotations) = reason.to_nomad();
+        let (_, message, mut annotations) = reason.to_nomad();
+        self.degraded_at_end(cfg, &state.task_id, &mut annotations);
         self.telemetry.publish(Fact::Ended {
             task: Arc::new(TaskIdentity::of(cfg)),
             end: TaskEnd {
@@ -375,6 +376,27 @@ impl Observation {
             },
         });
         outcome
+    }
+
+    /// A task whose observation was degraded (processes the probes could not track): a last
+    /// event with the final counts if they rose since the last one, and the count in the end's
+    /// annotations.
+    fn degraded_at_end(
+        &self,
+        cfg: &drivers::TaskConfig,
+        task_id: &str,
+        annotations: &mut std::collections::BTreeMap<String, String>,
+    ) {
+        let Some(obs) = self.observer() else { return };
+        let key = TaskKey::from_task_id(task_id);
+        if let Some((message, a)) = obs.untracked_due(key, true) {
+            self.notice(cfg, message, a);
+        }
+        let (processes, threads) = obs.untracked(key);
+        if processes > 0 || threads > 0 {
+            annotations.insert("untracked_processes".to_owned(), processes.to_string());
+            annotations.insert("untracked_threads".to_owned(), threads.to_string());
+        }
     }
 
     /// A run whose exit status was lost: the sinks learn it ended, and why not more is known.

@@ -3,8 +3,11 @@
 //! state after a driver restart), kills stray processes (escapes, leaks), and answers exit
 //! classifications, trees and counters.
 
+mod degraded;
 mod strays;
 mod tracking;
+
+pub use degraded::TrackLimits;
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -124,6 +127,10 @@ pub struct Observer {
     rate: Mutex<VecDeque<(Instant, u64)>>,
     self_exe: Option<PathBuf>,
     worker: Mutex<Option<JoinHandle<()>>>,
+    /// The tracked-process map's limits (for degraded-observation events).
+    track_limits: TrackLimits,
+    /// Untracked counts last reported per task.
+    untracked_reported: Mutex<std::collections::HashMap<TaskKey, degraded::Reported>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -164,6 +171,7 @@ impl Observer {
         config: ObserverConfig,
         bus: Arc<FactBus>,
     ) -> Arc<Self> {
+        let track_limits = config.track_limits;
         let own_comm = std::fs::read_to_string("/proc/self/comm")
             .map(|c| c.trim().to_owned())
             .unwrap_or_default();
@@ -192,6 +200,8 @@ impl Observer {
             rate: Mutex::new(VecDeque::new()),
             self_exe: std::env::current_exe().ok(),
             worker: Mutex::new(None),
+            track_limits,
+            untracked_reported: Mutex::default(),
         });
         let handle = tokio::spawn(run(Arc::downgrade(&observer), rx));
         *lock(&observer.worker) = Some(handle);
@@ -228,6 +238,7 @@ impl Observer {
     /// Stops tracking a task and deletes its kernel state (DestroyTask).
     pub fn forget(&self, key: TaskKey) -> Result<(), crate::probes::ProbeError> {
         let helper = lock(&self.state).forget(key);
+        self.forget_untracked(key);
         if let Some(pid) = helper {
             self.backend.track_helper(pid, None)?;
         }
@@ -405,6 +416,7 @@ impl Observer {
             }
             drop(rate);
             self.collect_facts(now);
+            self.check_untracked();
         }
     }
 

@@ -48,6 +48,7 @@ impl Observer {
             let facts = TaskFacts {
                 main_pid: meta.main_pid,
                 tracked_ktime_ns: monotonic_ns(),
+                live_processes: 1,
                 ..TaskFacts::default()
             };
             self.backend.put_facts(key.0, &facts).map_err(&err)?;

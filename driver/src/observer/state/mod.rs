@@ -44,6 +44,8 @@ pub struct ObserverConfig {
     /// How often running tasks' processes are checked for having left the task's cgroup
     /// (escapes); 0 turns the check off.
     pub escape_check_ns: u64,
+    /// The probes' tracked-process map limits (named in degraded-observation events).
+    pub track_limits: crate::observer::TrackLimits,
 }
 
 impl Default for ObserverConfig {
@@ -55,6 +57,10 @@ impl Default for ObserverConfig {
             oom_window_ns: 5_000_000_000,
             orphan_ttl_ns: 600_000_000_000,
             escape_check_ns: DEFAULT_ESCAPE_CHECK_NS,
+            track_limits: crate::observer::TrackLimits {
+                capacity: bpfexec_common::TRACKED_MAX,
+                per_task: bpfexec_common::TRACKED_PER_TASK_DEFAULT,
+            },
         }
     }
 }
@@ -305,6 +311,15 @@ impl ObserverState {
                     .find(|(k, _)| *k == key)
                     .map(|(_, m)| m)
             })
+    }
+
+    /// Registered tasks whose main process is not seen to have ended, with who they are.
+    pub(crate) fn running_metas(&self) -> Vec<(TaskKey, TaskMeta)> {
+        self.tasks
+            .iter()
+            .filter(|(_, t)| !t.main_exit_seen)
+            .filter_map(|(k, t)| Some((*k, t.meta.clone()?)))
+            .collect()
     }
 
     /// Task keys the driver registered.

@@ -1,0 +1,303 @@
+//! Issue 12 §3, chaos: a churn of short and long tasks through the real Nomad agent while the
+//! plugin is SIGKILLed several times (Nomad relaunches it) and the agent is restarted once. Each
+//! short task ends on its own with an exit code or a signal it raised itself; two long tasks
+//! are SIGKILLed by this test (one while no plugin runs); the rest are stopped by Nomad at the
+//! end. Every task's exit code (Nomad's `Terminated`) and exit reason (the driver's event) must
+//! be the true one; then, after the jobs are stopped and garbage-collected, nothing is left
+//! (processes, mounts, cgroups, state dirs, pinned-map entries) and the driver is healthy.
+//!
+//! 40 short and 6 long tasks by default; `BPFEXEC_E2E_LONG=1` runs 120 and 12.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use bpfexec_e2e::api::Alloc;
+use bpfexec_e2e::observe::{exit_events, expect_details};
+use bpfexec_e2e::suite::{self, TIMEOUT, expect_terminated, wait_task_pid};
+use bpfexec_e2e::wait::{POLL, poll_until};
+use bpfexec_e2e::{Agent, AgentOptions, Check, DRIVER_NAME, leftovers, procs, run_checks};
+use nix::sys::signal::Signal;
+
+static PORT: OnceLock<u16> = OnceLock::new();
+
+/// (short tasks, long tasks).
+fn sizes() -> (usize, usize) {
+    if std::env::var("BPFEXEC_E2E_LONG").is_ok_and(|v| v == "1") {
+        (120, 12)
+    } else {
+        (40, 6)
+    }
+}
+
+#[test]
+fn chaos() {
+    if !suite::is_bpfexec() {
+        println!("SKIP: chaos: bpfexec-only checks (BPFEXEC_E2E_DRIVER=raw_exec)");
+        return;
+    }
+    let port = *PORT.get_or_init(|| bpfexec_e2e::env::free_port().unwrap_or(0));
+    run_checks(
+        "chaos",
+        AgentOptions::bpfexec().plugin_config(&format!("http_addr = \"127.0.0.1:{port}\"")),
+        &[Check {
+            name: "churn_with_plugin_kills_and_agent_restart",
+            run: churn,
+        }],
+    );
+}
+
+/// How a task ends, as the test arranged it.
+#[derive(Clone, Debug)]
+enum Expect {
+    /// `exit <code>`.
+    Exited(i64),
+    /// `kill -TERM $$`: SIGTERM raised by the task's own main process.
+    SelfTerm,
+    /// SIGKILL from this test process (a host process).
+    HostKill,
+    /// Stopped by Nomad (`kill_signal = "SIGTERM"` from the driver).
+    Stopped,
+}
+
+struct Task {
+    job: String,
+    alloc: String,
+    expect: Expect,
+}
+
+/// SIGKILLs the plugin and waits until Nomad relaunched it.
+fn kill_plugin(agent: &Agent, then: impl FnOnce() -> Result<()>) -> Result<()> {
+    let plugins = agent.plugin_pids();
+    ensure!(!plugins.is_empty(), "no plugin process");
+    for p in &plugins {
+        procs::signal(*p, Signal::SIGKILL).context("SIGKILL to the plugin")?;
+    }
+    println!("chaos: SIGKILLed plugin {plugins:?}");
+    then()?;
+    poll_until("Nomad to relaunch the plugin", TIMEOUT, POLL, |_| {
+        Ok(agent
+            .plugin_pids()
+            .into_iter()
+            .find(|p| !plugins.contains(p)))
+    })?;
+    Ok(())
+}
+
+fn short_job(i: usize) -> (String, Expect) {
+    let pause = format!("sleep 0.{}", i % 10);
+    if i % 6 == 5 {
+        (format!("{pause}\nkill -TERM $$\nsleep 5"), Expect::SelfTerm)
+    } else {
+        let code = i64::try_from(i % 4).unwrap_or(0);
+        (format!("{pause}\nexit {code}"), Expect::Exited(code))
+    }
+}
+
+/// Registers a job; retried while the agent restarts.
+fn register(agent: &Agent, hcl: &str) -> Result<String> {
+    poll_until("the job registered", TIMEOUT, POLL, |last| {
+        match agent.api().register_job(hcl) {
+            Ok(id) => Ok(Some(id)),
+            Err(e) => {
+                *last = format!("{e:#}");
+                Ok(None)
+            }
+        }
+    })
+}
+
+fn churn(agent: &mut Agent) -> Result<()> {
+    let (n_short, n_long) = sizes();
+    let port = *PORT.get().context("port")?;
+    let baseline = poll_until(
+        "the driver's map metrics",
+        Duration::from_secs(20),
+        POLL,
+        |last| {
+            let m = leftovers::map_entries(port)?;
+            *last = format!("{m:?}");
+            Ok(m.contains_key("tracked").then_some(m))
+        },
+    )?;
+    let started = Instant::now();
+    let mut tasks: Vec<Task> = Vec::new();
+    let mut long: Vec<(String, String, i32)> = Vec::new();
+    for _ in 0..n_long {
+        let job = suite::service("chaos-long")
+            .kill_signal("SIGTERM")
+            .cpu_mhz(20)
+            .memory_mb(32)
+            .shell("echo $$ > /alloc/pid\nwhile :; do sleep 0.5; done");
+        let id = register(agent, &job.to_hcl())?;
+        let alloc = agent.api().wait_job_alloc(&id, TIMEOUT)?;
+        agent
+            .api()
+            .wait_alloc_status(&alloc, &["running"], TIMEOUT)?;
+        let pid = wait_task_pid(agent, &alloc, "pid")?;
+        long.push((id, alloc, pid));
+    }
+    let mut short_jobs = Vec::new();
+    for i in 0..n_short {
+        let step = i * 10 / n_short;
+        let prev = if i == 0 {
+            usize::MAX
+        } else {
+            (i - 1) * 10 / n_short
+        };
+        if step != prev {
+            match step {
+                2 | 6 | 9 => kill_plugin(agent, || Ok(()))?,
+                5 => {
+                    println!("chaos: restarting the agent");
+                    agent.restart()?;
+                }
+                7 => {
+                    // A long task SIGKILLed by a host process while no plugin runs.
+                    let (job, alloc, pid) = long.remove(0);
+                    kill_plugin(agent, || {
+                        procs::signal(pid, Signal::SIGKILL).context("SIGKILL to a long task")
+                    })?;
+                    tasks.push(Task {
+                        job,
+                        alloc,
+                        expect: Expect::HostKill,
+                    });
+                }
+                3 => {
+                    let (job, alloc, pid) = long.remove(0);
+                    procs::signal(pid, Signal::SIGKILL).context("SIGKILL to a long task")?;
+                    tasks.push(Task {
+                        job,
+                        alloc,
+                        expect: Expect::HostKill,
+                    });
+                }
+                _ => {}
+            }
+        }
+        let (script, expect) = short_job(i);
+        let job = suite::batch("chaos-short")
+            .cpu_mhz(20)
+            .memory_mb(32)
+            .shell(&script);
+        let id = register(agent, &job.to_hcl())?;
+        short_jobs.push((id, expect));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    println!(
+        "chaos: {n_short} short tasks registered in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    for (job, expect) in short_jobs {
+        let alloc = agent.api().wait_job_alloc(&job, TIMEOUT)?;
+        tasks.push(Task { job, alloc, expect });
+    }
+    for (job, alloc, _) in long {
+        agent.api().stop_job(&job, false)?;
+        tasks.push(Task {
+            job,
+            alloc,
+            expect: Expect::Stopped,
+        });
+    }
+
+    let mut wrong = Vec::new();
+    let mut duplicates = 0;
+    for t in &tasks {
+        match check(agent, t) {
+            Ok(n) => duplicates += n.saturating_sub(1),
+            Err(e) => wrong.push(format!("{} ({:?}): {e:#}", t.alloc, t.expect)),
+        }
+    }
+    ensure!(
+        wrong.is_empty(),
+        "{} of {} tasks were not reported truly:\n{}",
+        wrong.len(),
+        tasks.len(),
+        wrong.join("\n")
+    );
+    println!(
+        "chaos: {} tasks, every exit code and reason true ({duplicates} repeated exit events) in {:.0} s",
+        tasks.len(),
+        started.elapsed().as_secs_f64()
+    );
+
+    for t in &tasks {
+        agent.api().stop_job(&t.job, false)?;
+    }
+    agent.api().client_gc()?;
+    let ids: Vec<String> = tasks.iter().map(|t| t.alloc.clone()).collect();
+    poll_until(
+        "nothing left of the tasks",
+        Duration::from_secs(90),
+        POLL,
+        |last| {
+            let left = leftovers::find(agent, &ids);
+            let maps = leftovers::map_entries(port)?;
+            let back = ["tracked", "facts"]
+                .iter()
+                .all(|m| maps.get(*m) <= baseline.get(*m));
+            *last = format!("{left:?}, maps {maps:?} (baseline {baseline:?})");
+            Ok((left.is_empty() && back).then_some(()))
+        },
+    )?;
+    let node = agent.node()?;
+    let d = node.drivers.get(DRIVER_NAME).cloned().unwrap_or_default();
+    ensure!(d.healthy, "the driver ended unhealthy: {d:?}");
+    Ok(())
+}
+
+/// Waits for the task's end and checks it; returns how many exit-reason events it has.
+fn check(agent: &Agent, t: &Task) -> Result<usize> {
+    let api = agent.api();
+    let a: Alloc = poll_until(
+        "the task's end and exit-reason event",
+        TIMEOUT,
+        POLL,
+        |last| {
+            let a = api.alloc(&t.alloc)?;
+            *last = a.describe();
+            Ok((a.is_terminal() && !exit_events(&a).is_empty()).then_some(a))
+        },
+    )?;
+    let events = exit_events(&a);
+    let (code, signal) = match t.expect {
+        Expect::Exited(c) => (c, 0),
+        Expect::SelfTerm | Expect::Stopped => (143, 15),
+        Expect::HostKill => (137, 9),
+    };
+    expect_terminated(&a, code, signal)?;
+    let want: BTreeMap<&str, String> = match &t.expect {
+        Expect::Exited(c) => [
+            ("reason", "exited".to_owned()),
+            ("exit_code", c.to_string()),
+        ]
+        .into(),
+        Expect::SelfTerm => [
+            ("reason", "signaled".to_owned()),
+            ("signal", "SIGTERM".to_owned()),
+            ("sender_class", "same_process".to_owned()),
+        ]
+        .into(),
+        Expect::HostKill => [
+            ("reason", "signaled".to_owned()),
+            ("signal", "SIGKILL".to_owned()),
+            ("sender_class", "host".to_owned()),
+            ("sender_pid", std::process::id().to_string()),
+        ]
+        .into(),
+        Expect::Stopped => [
+            ("reason", "signaled".to_owned()),
+            ("signal", "SIGTERM".to_owned()),
+            ("sender_class", "driver".to_owned()),
+        ]
+        .into(),
+    };
+    let pairs: Vec<(&str, &str)> = want.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    for ev in &events {
+        expect_details(ev, &pairs)?;
+    }
+    Ok(events.len())
+}
