@@ -45,7 +45,7 @@ pub async fn current(rt: &Runtime) -> FingerprintResponse {
         }
     }
     let (probes, attached, probe_error) = rt.probe_summary().await;
-    attrs.insert("driver.bpfexec.probes".to_owned(), string(probes));
+    attrs.insert("driver.bpfexec.probes".to_owned(), string(probes.clone()));
     if !attached.is_empty() {
         attrs.insert(
             "driver.bpfexec.probes.attached".to_owned(),

@@ -11,6 +11,10 @@
 //! No policy here: classification lives in the driver.
 #![no_std]
 #![no_main]
+// The BPF target has no atomic compare-and-swap, so `core::sync::atomic` offers no `fetch_add`;
+// the intrinsic lowers to the BPF atomic add instruction the per-task counters need.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 use aya_ebpf::{
     EbpfContext, Global,
@@ -28,7 +32,19 @@ use bpfexec_common::{
     OomLayout, OomVictimRecord, SIGNAL_SLOTS, SignalFact, SignalLayout, SignalRecord, THREADS_MAX,
     TRACKED_MAX, TaskFacts, TrackLimits, is_noise_signal, kind, signal_result,
 };
-use core::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+/// Adds `v` to `*dst` atomically (relaxed), as concurrent probes on other CPUs may too.
+///
+/// # Safety
+/// `dst` must point to a live, 8-byte aligned map value field.
+#[inline(always)]
+unsafe fn atomic_add<T: Copy>(dst: *mut T, v: T) {
+    // SAFETY: the caller passes a valid, aligned pointer into a map value.
+    unsafe {
+        atomic_xadd::<T, T, { AtomicOrdering::Relaxed }>(dst, v);
+    }
+}
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
@@ -292,8 +308,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         // SAFETY: see `sched_process_exec`; the counter is only touched atomically.
         unsafe {
             if removed {
-                AtomicI64::from_ptr(&raw mut (*facts).live_processes)
-                    .fetch_sub(1, Ordering::Relaxed);
+                atomic_add(&raw mut (*facts).live_processes, -1_i64);
             }
             if (*facts).main_pid == tgid {
                 (*facts).main_exit_ktime_ns = now;
@@ -339,8 +354,7 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
             // SAFETY: pointer from a successful lookup of a value userspace created; the
             // counter is only touched atomically.
             unsafe {
-                AtomicU64::from_ptr(&raw mut (*facts).untracked_threads)
-                    .fetch_add(1, Ordering::Relaxed);
+                atomic_add(&raw mut (*facts).untracked_threads, 1_u64);
             }
         }
         return 0;
@@ -381,13 +395,13 @@ fn track_child(child: u32, task: u64, facts: Option<*mut TaskFacts>) -> bool {
     // only touched atomically (the limit check may let a few racing forks through: the share is
     // approximate, the map's capacity is the hard bound).
     unsafe {
-        let live = AtomicI64::from_ptr(&raw mut (*facts).live_processes);
-        let within = limit == 0 || live.load(Ordering::Relaxed) < limit as i64;
+        let live = core::ptr::read_volatile(&raw const (*facts).live_processes);
+        let within = limit == 0 || live < limit as i64;
         if within && TRACKED.insert(child, task, 0).is_ok() {
-            live.fetch_add(1, Ordering::Relaxed);
+            atomic_add(&raw mut (*facts).live_processes, 1_i64);
             return true;
         }
-        AtomicU64::from_ptr(&raw mut (*facts).untracked_processes).fetch_add(1, Ordering::Relaxed);
+        atomic_add(&raw mut (*facts).untracked_processes, 1_u64);
     }
     false
 }

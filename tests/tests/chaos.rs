@@ -108,6 +108,81 @@ fn register(agent: &Agent, hcl: &str) -> Result<String> {
     })
 }
 
+/// A long task: (job, alloc, host pid of its main process).
+type Long = (String, String, i32);
+
+fn start_long(agent: &Agent) -> Result<Long> {
+    let job = suite::service("chaos-long")
+        .kill_signal("SIGTERM")
+        .cpu_mhz(20)
+        .memory_mb(32)
+        .shell("echo $$ > /alloc/pid\nwhile :; do sleep 0.5; done");
+    let id = register(agent, &job.to_hcl())?;
+    let alloc = agent.api().wait_job_alloc(&id, TIMEOUT)?;
+    agent
+        .api()
+        .wait_alloc_status(&alloc, &["running"], TIMEOUT)?;
+    let pid = wait_task_pid(agent, &alloc, "pid")?;
+    Ok((id, alloc, pid))
+}
+
+/// The chaos at step `step` (tenths of the churn): plugin kills, the agent restart, long tasks
+/// SIGKILLed by this process (one while no plugin runs).
+fn disrupt(
+    agent: &mut Agent,
+    step: usize,
+    long: &mut Vec<Long>,
+    tasks: &mut Vec<Task>,
+) -> Result<()> {
+    match step {
+        2 | 6 | 9 => kill_plugin(agent, || Ok(()))?,
+        5 => {
+            println!("chaos: restarting the agent");
+            agent.restart()?;
+        }
+        3 | 7 => {
+            let (job, alloc, pid) = long.remove(0);
+            let kill = || procs::signal(pid, Signal::SIGKILL).context("SIGKILL to a long task");
+            if step == 7 {
+                kill_plugin(agent, kill)?;
+            } else {
+                kill()?;
+            }
+            tasks.push(Task {
+                job,
+                alloc,
+                expect: Expect::HostKill,
+            });
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Registers the short tasks one every 0.3 s, disrupting as it goes; returns their jobs.
+fn short_churn(
+    agent: &mut Agent,
+    n_short: usize,
+    long: &mut Vec<Long>,
+    tasks: &mut Vec<Task>,
+) -> Result<Vec<(String, Expect)>> {
+    let mut jobs = Vec::new();
+    for i in 0..n_short {
+        let step = i * 10 / n_short;
+        if i == 0 || step != (i - 1) * 10 / n_short {
+            disrupt(agent, step, long, tasks)?;
+        }
+        let (script, expect) = short_job(i);
+        let job = suite::batch("chaos-short")
+            .cpu_mhz(20)
+            .memory_mb(32)
+            .shell(&script);
+        jobs.push((register(agent, &job.to_hcl())?, expect));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    Ok(jobs)
+}
+
 fn churn(agent: &mut Agent) -> Result<()> {
     let (n_short, n_long) = sizes();
     let port = *PORT.get().context("port")?;
@@ -123,69 +198,10 @@ fn churn(agent: &mut Agent) -> Result<()> {
     )?;
     let started = Instant::now();
     let mut tasks: Vec<Task> = Vec::new();
-    let mut long: Vec<(String, String, i32)> = Vec::new();
-    for _ in 0..n_long {
-        let job = suite::service("chaos-long")
-            .kill_signal("SIGTERM")
-            .cpu_mhz(20)
-            .memory_mb(32)
-            .shell("echo $$ > /alloc/pid\nwhile :; do sleep 0.5; done");
-        let id = register(agent, &job.to_hcl())?;
-        let alloc = agent.api().wait_job_alloc(&id, TIMEOUT)?;
-        agent
-            .api()
-            .wait_alloc_status(&alloc, &["running"], TIMEOUT)?;
-        let pid = wait_task_pid(agent, &alloc, "pid")?;
-        long.push((id, alloc, pid));
-    }
-    let mut short_jobs = Vec::new();
-    for i in 0..n_short {
-        let step = i * 10 / n_short;
-        let prev = if i == 0 {
-            usize::MAX
-        } else {
-            (i - 1) * 10 / n_short
-        };
-        if step != prev {
-            match step {
-                2 | 6 | 9 => kill_plugin(agent, || Ok(()))?,
-                5 => {
-                    println!("chaos: restarting the agent");
-                    agent.restart()?;
-                }
-                7 => {
-                    // A long task SIGKILLed by a host process while no plugin runs.
-                    let (job, alloc, pid) = long.remove(0);
-                    kill_plugin(agent, || {
-                        procs::signal(pid, Signal::SIGKILL).context("SIGKILL to a long task")
-                    })?;
-                    tasks.push(Task {
-                        job,
-                        alloc,
-                        expect: Expect::HostKill,
-                    });
-                }
-                3 => {
-                    let (job, alloc, pid) = long.remove(0);
-                    procs::signal(pid, Signal::SIGKILL).context("SIGKILL to a long task")?;
-                    tasks.push(Task {
-                        job,
-                        alloc,
-                        expect: Expect::HostKill,
-                    });
-                }
-                _ => {}
-            }
-        }
-        let (script, expect) = short_job(i);
-        let job = suite::batch("chaos-short")
-            .cpu_mhz(20)
-            .memory_mb(32)
-            .shell(&script);
-        let id = register(agent, &job.to_hcl())?;
-        short_jobs.push((id, expect));
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let mut long = (0..n_long)
+        .map(|_| start_long(agent))
+        .collect::<Result<Vec<_>>>()?;
+    let short_jobs = short_churn(agent, n_short, &mut long, &mut tasks)?;
     println!(
         "chaos: {n_short} short tasks registered in {:.0} s",
         started.elapsed().as_secs_f64()
@@ -219,12 +235,22 @@ fn churn(agent: &mut Agent) -> Result<()> {
         wrong.join("\n")
     );
     println!(
-        "chaos: {} tasks, every exit code and reason true ({duplicates} repeated exit events) in {:.0} s",
+        "CHAOS tasks={} short={n_short} long={n_long} plugin_kills=3 agent_restarts=1 \
+         repeated_exit_events={duplicates} seconds={:.0}",
         tasks.len(),
         started.elapsed().as_secs_f64()
     );
+    nothing_left(agent, &tasks, port, &baseline)
+}
 
-    for t in &tasks {
+/// Stops and garbage-collects every job; nothing of them may stay; the driver is healthy.
+fn nothing_left(
+    agent: &Agent,
+    tasks: &[Task],
+    port: u16,
+    baseline: &BTreeMap<String, u64>,
+) -> Result<()> {
+    for t in tasks {
         agent.api().stop_job(&t.job, false)?;
     }
     agent.api().client_gc()?;

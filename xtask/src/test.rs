@@ -17,6 +17,10 @@ use crate::setup;
 use crate::tools::Profile;
 use crate::util;
 
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "each is an independent command-line switch"
+)]
 struct Options {
     e2e: bool,
     non_e2e: bool,

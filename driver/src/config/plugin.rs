@@ -177,11 +177,8 @@ struct Raw {
     default_ephemeral_user: Option<bool>,
     metrics_retention: Option<String>,
     otlp: Option<crate::telemetry::traces::RawOtlp>,
-    tracked_processes: Option<super::number::Number>,
-    tracked_processes_per_task: Option<super::number::Number>,
-    tracefs_dir: Option<String>,
-    bpffs_dir: Option<String>,
-    allow_unobserved: Option<bool>,
+    #[serde(flatten)]
+    probe: ProbeRaw,
 }
 
 impl PluginConfig {
@@ -289,12 +286,18 @@ impl PluginConfig {
         if let Some(choice) = raw.default_seccomp.filter(|c| !c.is_empty()) {
             cfg.default_seccomp = SeccompChoice::parse("default_seccomp", &choice)?;
         }
-        cfg.tracefs_dir = absolute_dir("tracefs_dir", raw.tracefs_dir, "/sys/kernel/tracing")?;
+        cfg.probe_options(raw.probe)?;
+        Ok(cfg)
+    }
+
+    /// The probes' options: kernel filesystems and the tracked-process map.
+    fn probe_options(&mut self, raw: ProbeRaw) -> Result<(), ConfigError> {
+        self.tracefs_dir = absolute_dir("tracefs_dir", raw.tracefs_dir, "/sys/kernel/tracing")?;
         if let Some(dir) = absolute_dir("bpffs_dir", raw.bpffs_dir, "/sys/fs/bpf")? {
-            cfg.bpffs_dir = dir;
+            self.bpffs_dir = dir;
         }
-        cfg.allow_unobserved = raw.allow_unobserved.unwrap_or(false);
-        (cfg.tracked_processes, cfg.tracked_processes_per_task) = tracked_limits(
+        self.allow_unobserved = raw.allow_unobserved.unwrap_or(false);
+        (self.tracked_processes, self.tracked_processes_per_task) = tracked_limits(
             raw.tracked_processes
                 .map(|n| n.as_i64("tracked_processes"))
                 .transpose()?,
@@ -302,8 +305,18 @@ impl PluginConfig {
                 .map(|n| n.as_i64("tracked_processes_per_task"))
                 .transpose()?,
         )?;
-        Ok(cfg)
+        Ok(())
     }
+}
+
+/// The raw probe options (see [`PluginConfig::probe_options`]).
+#[derive(Debug, Deserialize)]
+struct ProbeRaw {
+    tracefs_dir: Option<String>,
+    bpffs_dir: Option<String>,
+    allow_unobserved: Option<bool>,
+    tracked_processes: Option<super::number::Number>,
+    tracked_processes_per_task: Option<super::number::Number>,
 }
 
 /// An optional absolute directory option (empty: unset).

@@ -80,7 +80,7 @@ pub fn hcl_string(s: &str) -> String {
 /// Schema of `plugin "nomad-driver-bpfexec" { config { … } }`. Defaults for lists and maps
 /// live in `PluginConfig` (an absent value arrives as null).
 pub fn plugin_schema() -> Spec {
-    object(vec![
+    let mut attrs = vec![
         (
             "state_dir",
             with_default(
@@ -127,20 +127,6 @@ pub fn plugin_schema() -> Spec {
             with_default("default_seccomp", "string", "\"default\""),
         ),
         ("bpf_pin_dir", attr("bpf_pin_dir", "string", false)),
-        ("tracefs_dir", attr("tracefs_dir", "string", false)),
-        ("bpffs_dir", attr("bpffs_dir", "string", false)),
-        (
-            "allow_unobserved",
-            with_default("allow_unobserved", "bool", "false"),
-        ),
-        (
-            "tracked_processes",
-            attr("tracked_processes", "number", false),
-        ),
-        (
-            "tracked_processes_per_task",
-            attr("tracked_processes_per_task", "number", false),
-        ),
         ("http_addr", attr("http_addr", "string", false)),
         (
             "escape_check_interval",
@@ -186,7 +172,29 @@ pub fn plugin_schema() -> Spec {
                 ]),
             ),
         ),
-    ])
+    ];
+    attrs.extend(probe_attrs());
+    object(attrs)
+}
+
+/// The probes' options of the plugin config (kernel filesystems, tracked-process map).
+fn probe_attrs() -> Vec<(&'static str, Spec)> {
+    vec![
+        ("tracefs_dir", attr("tracefs_dir", "string", false)),
+        ("bpffs_dir", attr("bpffs_dir", "string", false)),
+        (
+            "allow_unobserved",
+            with_default("allow_unobserved", "bool", "false"),
+        ),
+        (
+            "tracked_processes",
+            attr("tracked_processes", "number", false),
+        ),
+        (
+            "tracked_processes_per_task",
+            attr("tracked_processes_per_task", "number", false),
+        ),
+    ]
 }
 
 /// Schema of a job task's `config { … }`.

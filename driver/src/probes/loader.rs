@@ -241,7 +241,7 @@ impl ProbeSet {
             .override_global(GLOBAL_SIGNAL_LAYOUT, &signal_layout, true)
             .override_global(GLOBAL_OOM_LAYOUT, &oom_layout, true)
             .override_global(GLOBAL_TRACK_LIMITS, &limits, true)
-            .set_max_entries(MAP_TRACKED, options.tracked_capacity);
+            .map_max_entries(MAP_TRACKED, options.tracked_capacity);
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }
