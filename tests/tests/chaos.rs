@@ -235,7 +235,7 @@ fn churn(agent: &mut Agent) -> Result<()> {
         wrong.join("\n")
     );
     println!(
-        "CHAOS tasks={} short={n_short} long={n_long} plugin_kills=3 agent_restarts=1 \
+        "CHAOS tasks={} short={n_short} long={n_long} plugin_kills=4 agent_restarts=1 \
          repeated_exit_events={duplicates} seconds={:.0}",
         tasks.len(),
         started.elapsed().as_secs_f64()

@@ -160,12 +160,11 @@ impl KernelMaps {
         (out, id)
     }
 
-    /// Every tracked process with its task.
+    /// Every tracked process with its task. The probes remove exiting processes while the map
+    /// is walked: an entry that vanished between its key and its lookup is skipped, not an error
+    /// (which would make every caller, e.g. forgetting a task, fail on a busy host).
     pub fn tracked(&self) -> Result<Vec<(u32, u64)>, ProbeError> {
-        lock(&self.tracked)
-            .iter()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ProbeError::map(MAP_TRACKED, e))
+        Ok(lock(&self.tracked).iter().filter_map(Result::ok).collect())
     }
 
     /// Removes every process of `task` and their threads; returns how many processes it had.

@@ -411,8 +411,23 @@ impl TaskManager {
         if self.get(&id).is_ok() {
             return Ok(());
         }
+        let recovered = self.recover_state(config, state, &id);
+        if recovered.is_err() {
+            // Not in the table: nothing would ever forget what recovering it registered.
+            self.observation.forget(&id);
+        }
+        recovered
+    }
+
+    /// [`Tasks::recover`] of a task not in the table yet.
+    fn recover_state(
+        &self,
+        config: drivers::TaskConfig,
+        state: DriverState,
+        id: &str,
+    ) -> Result<(), DriverError> {
         let recover_err = |reason: String| DriverError::Recover {
-            task: id.clone(),
+            task: id.to_owned(),
             reason,
         };
         match PidFd::open(state.supervisor_pid, Some(state.supervisor_start_time)) {
@@ -485,6 +500,8 @@ impl TaskManager {
     /// DestroyTask: forget the task and remove its state; with `force`, kill it first.
     pub async fn destroy(&self, id: &str, force: bool) -> Result<(), DriverError> {
         let Ok(task) = self.get(id) else {
+            // Unknown here (e.g. its RecoverTask failed): its kernel state may still exist.
+            self.observation.forget(id);
             return Ok(());
         };
         if task.is_running() {

@@ -239,11 +239,12 @@ impl Observer {
     pub fn forget(&self, key: TaskKey) -> Result<(), crate::probes::ProbeError> {
         let helper = lock(&self.state).forget(key);
         self.forget_untracked(key);
-        if let Some(pid) = helper {
-            self.backend.track_helper(pid, None)?;
-        }
-        self.backend.untrack_task(key.0)?;
-        self.backend.remove_facts(key.0)
+        // Each step regardless of the others: a failure must not leave the task's pinned
+        // facts behind (they would stay until the hour-long expiry).
+        let helper = helper.map_or(Ok(()), |pid| self.backend.track_helper(pid, None));
+        let processes = self.backend.untrack_task(key.0).map(drop);
+        let facts = self.backend.remove_facts(key.0);
+        helper.and(processes).and(facts)
     }
 
     /// Why the task ended, once its supervisor reported the main process's wait status. Waits
