@@ -37,6 +37,8 @@ pub struct JobSpec {
     cpu_mhz: u32,
     /// Group `count`.
     count: u32,
+    /// Group `ephemeral_disk` size in MB (None: Nomad's default, 300 MB per allocation).
+    disk_mb: Option<u32>,
     /// Group `restart { attempts, delay }` (default: no restart).
     restart: (u32, String),
     extra_task_hcl: String,
@@ -58,6 +60,7 @@ impl JobSpec {
             memory_mb: 64,
             cpu_mhz: 100,
             count: 1,
+            disk_mb: None,
             restart: (0, "15s".to_owned()),
             extra_task_hcl: String::new(),
         }
@@ -176,6 +179,14 @@ impl JobSpec {
         self
     }
 
+    /// The group's `ephemeral_disk` in MB (Nomad reserves 300 MB of the node's disk per
+    /// allocation by default, which limits how many fit on a test machine).
+    #[must_use]
+    pub fn disk_mb(mut self, mb: u32) -> Self {
+        self.disk_mb = Some(mb);
+        self
+    }
+
     /// Nomad restarts the failed task `attempts` times, `delay` apart, in the same allocation
     /// (then the allocation fails; it is never rescheduled).
     #[must_use]
@@ -228,7 +239,7 @@ impl JobSpec {
   type = "{job_type}"
   group "{GROUP}" {{
     count = {count}
-    restart {{
+{disk}    restart {{
       attempts = {attempts}
       delay    = {delay}
       mode     = "fail"
@@ -257,6 +268,10 @@ impl JobSpec {
             memory = self.memory_mb,
             cpu = self.cpu_mhz,
             count = self.count,
+            disk = self
+                .disk_mb
+                .map(|mb| format!("    ephemeral_disk {{\n      size = {mb}\n    }}\n"))
+                .unwrap_or_default(),
             attempts = self.restart.0,
             delay = hcl_string(&self.restart.1),
         )

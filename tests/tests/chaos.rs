@@ -22,6 +22,9 @@ use nix::sys::signal::Signal;
 
 static PORT: OnceLock<u16> = OnceLock::new();
 
+/// Small task logs, so a 10 MB `ephemeral_disk` holds them (Nomad checks it).
+const SMALL_LOGS: &str = "    logs {\n      max_files     = 2\n      max_file_size = 1\n    }\n";
+
 /// (short tasks, long tasks).
 fn sizes() -> (usize, usize) {
     if std::env::var("BPFEXEC_E2E_LONG").is_ok_and(|v| v == "1") {
@@ -116,6 +119,8 @@ fn start_long(agent: &Agent) -> Result<Long> {
         .kill_signal("SIGTERM")
         .cpu_mhz(20)
         .memory_mb(32)
+        .disk_mb(10)
+        .extra_task_hcl(SMALL_LOGS)
         .shell("echo $$ > /alloc/pid\nwhile :; do sleep 0.5; done");
     let id = register(agent, &job.to_hcl())?;
     let alloc = agent.api().wait_job_alloc(&id, TIMEOUT)?;

@@ -20,6 +20,9 @@ use bpfexec_e2e::{Agent, AgentOptions, Check, run_checks};
 
 static PORT: OnceLock<u16> = OnceLock::new();
 
+/// Small task logs, so a 10 MB `ephemeral_disk` holds them (Nomad checks it).
+const SMALL_LOGS: &str = "    logs {\n      max_files     = 2\n      max_file_size = 1\n    }\n";
+
 fn tasks() -> u32 {
     if std::env::var("BPFEXEC_E2E_LONG").is_ok_and(|v| v == "1") {
         200
@@ -103,9 +106,13 @@ fn many_tasks_start_and_stop_clean(agent: &mut Agent) -> Result<()> {
     )?;
     let plugin = plugin_pid(agent)?;
     let rss_idle = rss_kb(plugin)?;
+    // 5 MHz and 10 MB of disk each: 200 tasks must fit what Nomad fingerprints on a small
+    // machine (its default 300 MB ephemeral disk per allocation placed only 114 here).
     let job = suite::service("scale")
         .count(n)
-        .cpu_mhz(20)
+        .cpu_mhz(5)
+        .disk_mb(10)
+        .extra_task_hcl(SMALL_LOGS)
         .memory_mb(32)
         .kill_signal("SIGTERM")
         .command("/bin/sleep")
