@@ -234,3 +234,100 @@ async fn probes_attribute_tracked_processes_only() {
     assert!(Path::new(probes.tracefs()).join("events").is_dir());
     println!("events received: {}", probes.events_received());
 }
+
+/// A tracked shell of task `key` that starts `n` sleeping children, then waits for a line on
+/// stdin, kills its children and exits.
+fn forking_shell(n: usize) -> std::process::Child {
+    Command::new("/bin/sh")
+        .args([
+            "-c",
+            &format!(
+                "read go; i=0; while [ $i -lt {n} ]; do sleep 30 & p=\"$p $!\"; i=$((i+1)); \
+                 done; echo forked; read done; kill $p; wait"
+            ),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawning sh")
+}
+
+fn track(probes: &ProbeSet, pid: u32, key: u64) {
+    let facts = bpfexec_common::TaskFacts {
+        main_pid: pid,
+        live_processes: 1,
+        ..bpfexec_common::TaskFacts::default()
+    };
+    probes.kernel().put_facts(key, &facts).expect("facts");
+    probes.kernel().track_pid(pid, key).expect("tracking");
+}
+
+fn go_and_wait_forked(sh: &mut std::process::Child) {
+    use std::io::BufRead as _;
+    sh.stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(b"go\n")
+        .expect("go");
+    let mut line = String::new();
+    std::io::BufReader::new(sh.stdout.as_mut().expect("stdout"))
+        .read_line(&mut line)
+        .expect("reading sh");
+    assert_eq!(line.trim(), "forked");
+}
+
+/// The tracked-process map full (a share as large as the map, 64 entries): the processes that
+/// do not fit are counted on the task that made them, never tracked for another task; a second
+/// task's new process is counted on that task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_map_overflow_is_counted_on_its_task() {
+    if !have_root() {
+        return;
+    }
+    const A: u64 = 0xa11;
+    const B: u64 = 0xb22;
+    let options = ProbeOptions {
+        tracked_capacity: 64,
+        tracked_per_task: 64,
+        ..ProbeOptions::unpinned()
+    };
+    let probes = ProbeSet::load_with(&options).expect("loading the probes");
+    let mut b = forking_shell(1);
+    track(&probes, b.id(), B);
+    let mut a = forking_shell(100);
+    track(&probes, a.id(), A);
+    go_and_wait_forked(&mut a);
+    let tracked = probes.kernel().tracked().expect("TRACKED");
+    assert!(
+        tracked.len() <= 64,
+        "{} entries in a 64-entry map",
+        tracked.len()
+    );
+    let a_facts = probes.kernel().facts(A).expect("facts").expect("A");
+    println!(
+        "A: {} tracked, {} untracked",
+        tracked.iter().filter(|(_, k)| *k == A).count(),
+        a_facts.untracked_processes
+    );
+    assert!(
+        a_facts.untracked_processes >= 100 - 63,
+        "A's overflow not counted: {a_facts:?}"
+    );
+    // The map is full: B's new process is not tracked, and counted on B.
+    go_and_wait_forked(&mut b);
+    let b_facts = probes.kernel().facts(B).expect("facts").expect("B");
+    assert_eq!(b_facts.untracked_processes, 1, "{b_facts:?}");
+    let tracked = probes.kernel().tracked().expect("TRACKED");
+    assert!(
+        tracked.iter().filter(|(_, k)| *k == B).count() == 1,
+        "B has entries besides its shell: {tracked:?}"
+    );
+    for sh in [&mut a, &mut b] {
+        sh.stdin
+            .as_mut()
+            .expect("stdin")
+            .write_all(b"done\n")
+            .expect("done");
+        let _ = sh.wait();
+    }
+}
