@@ -281,11 +281,11 @@ fn go_and_wait_forked(sh: &mut std::process::Child) {
 /// task's new process is counted on that task.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_map_overflow_is_counted_on_its_task() {
+    const A: u64 = 0xa11;
+    const B: u64 = 0xb22;
     if !have_root() {
         return;
     }
-    const A: u64 = 0xa11;
-    const B: u64 = 0xb22;
     let options = ProbeOptions {
         tracked_capacity: 64,
         tracked_per_task: 64,
