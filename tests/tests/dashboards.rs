@@ -177,9 +177,11 @@ const RULES: [(&str, RuleExpect); 22] = [
         "task:bpfexec_task_leaked_processes:increase5m",
         RuleExpect::Data(Scenario::Leak),
     ),
+    // The child-OOM task runs on 12 s after the kill, so its cgroup is read after it (the
+    // main-OOM task's may be gone before the 5 s reading comes).
     (
         "task:bpfexec_task_memory_events:increase5m",
-        RuleExpect::Data(Scenario::OomMain),
+        RuleExpect::Data(Scenario::OomChild),
     ),
     (
         "task:bpfexec_task_pids_limit_hits:increase5m",
@@ -360,7 +362,7 @@ fn run_scenarios(agent: &mut Agent) -> Result<Run> {
     let oom_child = register(
         Scenario::OomChild,
         &suite::batch("dash-oom-child")
-            .shell(&format!("sleep 2; {HOG}; sleep 5; exit 0"))
+            .shell(&format!("sleep 2; {HOG}; sleep 12; exit 0"))
             .memory_mb(32),
     )?;
     let leak = register(
