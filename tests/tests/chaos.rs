@@ -40,6 +40,16 @@ fn chaos() {
         println!("SKIP: chaos: bpfexec-only checks (BPFEXEC_E2E_DRIVER=raw_exec)");
         return;
     }
+    // Outside the default gate until its known misreports are fixed (README, Known gaps):
+    // a run in about ten ends with a task not reported truly or a task state dir left behind.
+    let on = |name: &str| std::env::var(name).is_ok_and(|v| v == "1");
+    if !on("BPFEXEC_E2E_LONG") && !on("BPFEXEC_E2E_CHAOS") {
+        println!(
+            "NOT RUN: chaos is not in the default gate yet (known misreports, see the README's \
+             Known gaps); BPFEXEC_E2E_CHAOS=1 runs the short churn, cargo xtask test --long the long one"
+        );
+        return;
+    }
     let port = *PORT.get_or_init(|| bpfexec_e2e::env::free_port().unwrap_or(0));
     run_checks(
         "chaos",
