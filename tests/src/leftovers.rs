@@ -91,3 +91,18 @@ pub fn map_entries(port: u16) -> Result<BTreeMap<String, u64>> {
         })
         .collect())
 }
+
+/// Waits (up to 20 s) for the driver at `127.0.0.1:port` to publish its map fill; returns it as
+/// the baseline later counts are compared with.
+pub fn map_baseline(port: u16) -> Result<BTreeMap<String, u64>> {
+    crate::wait::poll_until(
+        "the driver's map metrics",
+        std::time::Duration::from_secs(20),
+        crate::wait::POLL,
+        |last| {
+            let m = map_entries(port)?;
+            *last = format!("{m:?}");
+            Ok(m.contains_key("tracked").then_some(m))
+        },
+    )
+}

@@ -201,16 +201,7 @@ fn short_churn(
 fn churn(agent: &mut Agent) -> Result<()> {
     let (n_short, n_long) = sizes();
     let port = *PORT.get().context("port")?;
-    let baseline = poll_until(
-        "the driver's map metrics",
-        Duration::from_secs(20),
-        POLL,
-        |last| {
-            let m = leftovers::map_entries(port)?;
-            *last = format!("{m:?}");
-            Ok(m.contains_key("tracked").then_some(m))
-        },
-    )?;
+    let baseline = leftovers::map_baseline(port)?;
     let started = Instant::now();
     let mut tasks: Vec<Task> = Vec::new();
     let mut long = (0..n_long)

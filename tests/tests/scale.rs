@@ -94,16 +94,7 @@ fn by_status(agent: &Agent, job: &str) -> Result<(Vec<String>, BTreeMap<String, 
 fn many_tasks_start_and_stop_clean(agent: &mut Agent) -> Result<()> {
     let n = tasks();
     let port = *PORT.get().context("port")?;
-    let baseline = poll_until(
-        "the driver's map metrics",
-        Duration::from_secs(20),
-        POLL,
-        |last| {
-            let m = leftovers::map_entries(port)?;
-            *last = format!("{m:?}");
-            Ok(m.contains_key("tracked").then_some(m))
-        },
-    )?;
+    let baseline = leftovers::map_baseline(port)?;
     let plugin = plugin_pid(agent)?;
     let rss_idle = rss_kb(plugin)?;
     // 5 MHz and 10 MB of disk each: 200 tasks must fit what Nomad fingerprints on a small
