@@ -48,13 +48,16 @@ impl TestCgroup {
             .unwrap_or_default()
     }
 
-    /// Shell lines for a background child that leaves the task's session and process group,
-    /// moves into this cgroup, records its pid in `$NOMAD_ALLOC_DIR/<name>` and becomes `sleep`.
-    /// Shell lines starting a `setsid` child that moves itself into this cgroup, writes its pid
-    /// to `$NOMAD_ALLOC_DIR/<name>` and becomes `sleep 1000`.
+    /// Shell lines starting a background `sleep 1000` in a session of its own (a background job
+    /// of a non-interactive shell is no group leader, so setsid execs in place), moving it into
+    /// this cgroup once it is `sleep`, and writing its pid to `$NOMAD_ALLOC_DIR/<name>`.
     pub fn escapee(&self, name: &str) -> String {
+        // Moved once it is `sleep` (a detector may see it the moment it arrives: moving a shell
+        // that execs afterwards races with that, which emulated guests lose).
         format!(
-            "setsid /bin/sh -c 'echo $$ > {procs}; echo $$ > \"$NOMAD_ALLOC_DIR/{name}\"; exec sleep 1000' &\n",
+            "setsid sleep 1000 &\nesc=$!\n\
+             while [ \"$(cat /proc/$esc/comm 2>/dev/null)\" != sleep ]; do sleep 0.05; done\n\
+             echo $esc > {procs}; echo $esc > \"$NOMAD_ALLOC_DIR/{name}\"\n",
             procs = self.procs_file().display()
         )
     }
