@@ -106,3 +106,27 @@ pub fn map_baseline(port: u16) -> Result<BTreeMap<String, u64>> {
         },
     )
 }
+
+/// Waits (up to 90 s) until nothing of the allocations `alloc_ids` is left ([`find`]) and the
+/// driver's `tracked` and `facts` maps are back to `baseline`; returns the maps' fill then.
+pub fn wait_nothing_left(
+    agent: &Agent,
+    alloc_ids: &[String],
+    port: u16,
+    baseline: &BTreeMap<String, u64>,
+) -> Result<BTreeMap<String, u64>> {
+    crate::wait::poll_until(
+        "nothing left of the tasks",
+        std::time::Duration::from_secs(90),
+        crate::wait::POLL,
+        |last| {
+            let left = find(agent, alloc_ids);
+            let maps = map_entries(port)?;
+            let maps_back = ["tracked", "facts"]
+                .iter()
+                .all(|m| maps.get(*m) <= baseline.get(*m));
+            *last = format!("{left:?}, maps {maps:?} (baseline {baseline:?})");
+            Ok((left.is_empty() && maps_back).then_some(maps))
+        },
+    )
+}

@@ -261,20 +261,7 @@ fn nothing_left(
     }
     agent.api().client_gc()?;
     let ids: Vec<String> = tasks.iter().map(|t| t.alloc.clone()).collect();
-    poll_until(
-        "nothing left of the tasks",
-        Duration::from_secs(90),
-        POLL,
-        |last| {
-            let left = leftovers::find(agent, &ids);
-            let maps = leftovers::map_entries(port)?;
-            let back = ["tracked", "facts"]
-                .iter()
-                .all(|m| maps.get(*m) <= baseline.get(*m));
-            *last = format!("{left:?}, maps {maps:?} (baseline {baseline:?})");
-            Ok((left.is_empty() && back).then_some(()))
-        },
-    )?;
+    leftovers::wait_nothing_left(agent, &ids, port, baseline)?;
     let node = agent.node()?;
     let d = node.drivers.get(DRIVER_NAME).cloned().unwrap_or_default();
     ensure!(d.healthy, "the driver ended unhealthy: {d:?}");

@@ -149,20 +149,7 @@ fn many_tasks_start_and_stop_clean(agent: &mut Agent) -> Result<()> {
     })?;
     let stop_s = t1.elapsed().as_secs_f64();
     api.client_gc()?;
-    let left = poll_until(
-        "nothing left of the tasks",
-        Duration::from_secs(90),
-        POLL,
-        |last| {
-            let left = leftovers::find(agent, &ids);
-            let maps = leftovers::map_entries(port)?;
-            let maps_back = ["tracked", "facts"]
-                .iter()
-                .all(|m| maps.get(*m) <= baseline.get(*m));
-            *last = format!("{left:?}, maps {maps:?} (baseline {baseline:?})");
-            Ok((left.is_empty() && maps_back).then_some(maps))
-        },
-    )?;
+    let left = leftovers::wait_nothing_left(agent, &ids, port, &baseline)?;
     println!(
         "SCALE tasks={n} start_s={start_s:.1} start_per_s={:.1} stop_s={stop_s:.1} \
          plugin_rss_mib_idle={:.1} plugin_rss_mib_peak={:.1} plugin_cpu_pct={cpu_pct:.1} \
