@@ -1,8 +1,9 @@
 //! What the metrics sink reads from the runtime rather than from facts: the driver's health
 //! snapshot (probes, observer counters, task counts, sink drops, OTLP counters, the plugin's own
 //! usage) at scrape time, and, every few seconds on the blocking pool, the memory cgroups of
-//! running tasks (and once more of each ended one), the probes' run time and map fill, the process spans each run had capped, and
-//! the expiry of destroyed tasks' series (and of ended tasks the task table no longer holds).
+//! running tasks (and once more of each ended one), the probes' run time and map fill, the
+//! process spans each run had capped, and the expiry of destroyed tasks' series (and of ended
+//! tasks the task table no longer holds).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Weak};
@@ -54,22 +55,20 @@ pub async fn collect(rt: Weak<Runtime>) {
 
 async fn once(rt: &Arc<Runtime>) {
     let metrics = Arc::clone(&rt.telemetry.metrics);
-    let all = rt.tasks.all();
-    let known: HashSet<TaskKey> = all
-        .iter()
-        .map(|t| TaskKey::from_task_id(&t.state.task_id))
+    let all: Vec<_> = rt
+        .tasks
+        .all()
+        .into_iter()
+        .map(|t| (TaskKey::from_task_id(&t.state.task_id), t))
         .collect();
+    let known: HashSet<TaskKey> = all.iter().map(|(key, _)| *key).collect();
     let due = metrics.final_samples_due();
     let running: Vec<(TaskKey, crate::cgroups::CgroupMode, std::path::PathBuf)> = all
         .into_iter()
-        .filter(|t| t.is_running() || due.contains(&TaskKey::from_task_id(&t.state.task_id)))
-        .filter_map(|t| {
+        .filter(|(key, t)| t.is_running() || due.contains(key))
+        .filter_map(|(key, t)| {
             let cg = t.state.cgroups.as_ref()?;
-            Some((
-                TaskKey::from_task_id(&t.state.task_id),
-                cg.mode,
-                cg.memory_dir()?.to_path_buf(),
-            ))
+            Some((key, cg.mode, cg.memory_dir()?.to_path_buf()))
         })
         .collect();
     let probes = rt.probe_set().await;
