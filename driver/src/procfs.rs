@@ -73,6 +73,29 @@ pub fn cmdline(pid: u32) -> io::Result<String> {
         .join(" "))
 }
 
+/// Live processes whose arguments after argv[0] are exactly `args` (a scan of /proc), each with
+/// its start time, so it can be signalled through a pidfd without a pid-reuse race.
+pub fn find_by_args(args: &[&[u8]]) -> Vec<(u32, u64)> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|raw| {
+                let mut parts = raw.split(|b| *b == 0);
+                parts.next();
+                let rest: Vec<&[u8]> = parts.filter(|p| !p.is_empty()).collect();
+                rest == args
+            })
+        })
+        .filter_map(|pid| {
+            let st = stat(pid).ok()?;
+            (st.state != 'Z' && st.state != 'X').then_some((pid, st.start_time))
+        })
+        .collect()
+}
+
 /// Path of the running executable of `pid`.
 pub fn exe(pid: u32) -> io::Result<PathBuf> {
     fs::read_link(format!("/proc/{pid}/exe"))

@@ -207,7 +207,11 @@ impl Driver for DriverService {
         req: Request<drivers::DestroyTaskRequest>,
     ) -> Result<Response<drivers::DestroyTaskResponse>, Status> {
         let req = req.into_inner();
-        self.rt.tasks.destroy(&req.task_id, req.force).await?;
+        let state_dir = self.rt.configured().ok().map(|c| c.start.plugin.state_dir);
+        self.rt
+            .tasks
+            .destroy(&req.task_id, req.force, state_dir.as_deref())
+            .await?;
         Ok(Response::new(drivers::DestroyTaskResponse {}))
     }
 

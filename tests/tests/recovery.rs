@@ -1,6 +1,7 @@
 //! Acceptance (f)-(g): tasks survive an agent restart and a plugin SIGKILL, are recovered (same
 //! pid, not restarted), and their own exit code is reported exactly — including a task that
-//! exits while the agent (and so the plugin) is down.
+//! exits while the agent (and so the plugin) is down, and one whose StartTask the plugin died in
+//! (Nomad retries it with the same task id: the task runs once).
 
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,10 @@ fn recovery() {
             Check {
                 name: "exit_while_agent_down",
                 run: exit_while_agent_down,
+            },
+            Check {
+                name: "plugin_killed_during_start",
+                run: plugin_killed_during_start,
             },
         ],
     );
@@ -184,5 +189,109 @@ fn exit_while_agent_down(agent: &mut Agent) -> Result<()> {
         .api()
         .wait_alloc_status(&alloc, &["failed"], TIMEOUT)?;
     expect_terminated(&a, 5, 0)?;
+    Ok(())
+}
+
+/// Supervisors (`__supervise <state_dir>/tasks/...`) of this agent's driver.
+fn supervisors(agent: &Agent) -> Vec<i32> {
+    let tasks = agent.layout().state_dir.join("tasks");
+    procs::find(|p| {
+        procs::cmdline(p).is_some_and(|argv| {
+            argv.get(1).is_some_and(|a| a == "__supervise")
+                && argv
+                    .get(2)
+                    .is_some_and(|d| std::path::Path::new(d).starts_with(&tasks))
+        })
+    })
+}
+
+/// The plugin SIGKILLed the moment a task's supervisor appears, before StartTask has returned.
+/// Nomad retries StartTask with the same task id on the relaunched plugin, which must adopt the
+/// task its predecessor launched: the command runs once, Nomad sees one start and the true exit
+/// code, and nothing of the task is left after GC. The kill can come too late (StartTask already
+/// answered): then it is tried again, up to 5 times; at least one try must hit the window.
+fn plugin_killed_during_start(agent: &mut Agent) -> Result<()> {
+    if !suite::is_bpfexec() {
+        println!("(raw_exec run: no external plugin process to kill; skipped)");
+        return Ok(());
+    }
+    let mut allocs = Vec::new();
+    let mut hits = 0;
+    for attempt in 1..=5 {
+        let before = supervisors(agent);
+        let plugins = agent.plugin_pids();
+        ensure!(plugins.len() == 1, "expected one plugin, found {plugins:?}");
+        let job = suite::batch("start-kill").shell(
+            "echo run >> \"$NOMAD_ALLOC_DIR/runs\"\n\
+             while [ ! -e \"$NOMAD_ALLOC_DIR/go\" ]; do sleep 0.2; done\n\
+             exit 6",
+        );
+        let job_id = agent.api().register_job(&job.to_hcl())?;
+        poll_until(
+            "the task's supervisor to appear",
+            TIMEOUT,
+            Duration::from_millis(1),
+            |_| {
+                Ok(supervisors(agent)
+                    .iter()
+                    .any(|p| !before.contains(p))
+                    .then_some(()))
+            },
+        )?;
+        procs::signal(plugins[0], Signal::SIGKILL).context("SIGKILL to the plugin")?;
+        poll_until("Nomad to relaunch the plugin", TIMEOUT, POLL, |_| {
+            Ok(agent.plugin_pids().into_iter().find(|p| *p != plugins[0]))
+        })?;
+        let alloc = agent.api().wait_job_alloc(&job_id, TIMEOUT)?;
+        agent
+            .api()
+            .wait_alloc_status(&alloc, &["running"], TIMEOUT)?;
+        std::fs::write(alloc_file(agent, &alloc, "go"), b"")?;
+        let a = agent
+            .api()
+            .wait_alloc_status(&alloc, &["failed"], TIMEOUT)?;
+        expect_terminated(&a, 6, 0)?;
+        ensure!(
+            count_events(&a, "Started") == 1,
+            "the task was started more than once:\n{}",
+            a.describe()
+        );
+        let runs = std::fs::read_to_string(alloc_file(agent, &alloc, "runs"))?;
+        ensure!(
+            runs.lines().count() == 1,
+            "the command ran {} times:\n{}",
+            runs.lines().count(),
+            a.describe()
+        );
+        let log = std::fs::read_to_string(agent.log_path())?;
+        let retried = log.lines().any(|l| {
+            l.contains("failed to start task because plugin shutdown unexpectedly")
+                && l.contains(&alloc)
+        });
+        let adopted = log
+            .lines()
+            .any(|l| l.contains("adopting it") && l.contains(&alloc));
+        println!("attempt {attempt}: StartTask retried by Nomad: {retried}, adopted: {adopted}");
+        ensure!(
+            retried == adopted,
+            "Nomad retried StartTask ({retried}) but the plugin adopted the task: {adopted}"
+        );
+        allocs.push(alloc);
+        agent.api().stop_job(&job_id, false)?;
+        if retried {
+            hits += 1;
+            break;
+        }
+    }
+    ensure!(
+        hits > 0,
+        "the plugin kill never landed inside StartTask in 5 tries"
+    );
+    agent.api().client_gc()?;
+    poll_until("nothing left of the tasks", TIMEOUT, POLL, |last| {
+        let left = bpfexec_e2e::leftovers::find(agent, &allocs);
+        *last = format!("{left:?}");
+        Ok(left.is_empty().then_some(()))
+    })?;
     Ok(())
 }

@@ -46,7 +46,7 @@ pub fn launch(
             drop(streams);
             drop(tx);
             drop(ack_rx);
-            let result = relay(spec, rx, init_pid.as_raw() as u32);
+            let result = relay(dir, spec, rx, init_pid.as_raw() as u32);
             drop(ack_tx);
             result
         }
@@ -54,17 +54,18 @@ pub fn launch(
 }
 
 /// Supervisor side: wait for init's word and pass it on to the plugin.
-fn relay(spec: &LaunchSpec, rx: OwnedFd, init_pid: u32) -> io::Result<()> {
+fn relay(dir: &Path, spec: &LaunchSpec, rx: OwnedFd, init_pid: u32) -> io::Result<()> {
     let mut line = String::new();
     BufReader::new(std::fs::File::from(rx)).read_line(&mut line)?;
     let line = line.trim_end();
     if let Some(error) = line.strip_prefix("error:") {
         let _ = waitpid(Pid::from_raw(init_pid as i32), None);
-        return report_failure(spec, &io::Error::other(error.to_owned()));
+        return report_failure(dir, spec, &io::Error::other(error.to_owned()));
     }
     if !line.starts_with("started") {
         let _ = waitpid(Pid::from_raw(init_pid as i32), None);
         return report_failure(
+            dir,
             spec,
             &io::Error::other("the namespace init died before starting the task"),
         );
@@ -75,12 +76,15 @@ fn relay(spec: &LaunchSpec, rx: OwnedFd, init_pid: u32) -> io::Result<()> {
         .next()
         .and_then(|p| p.parse().ok())
         .ok_or_else(|| io::Error::other("the task exited before it could be reported"))?;
-    report(&StartReport::Started {
-        pid,
-        start_time: crate::procfs::start_time(pid)?,
-        supervisor_pid: init_pid,
-        supervisor_start_time: crate::procfs::start_time(init_pid)?,
-    })?;
+    report(
+        dir,
+        &StartReport::Started {
+            pid,
+            start_time: crate::procfs::start_time(pid)?,
+            supervisor_pid: init_pid,
+            supervisor_start_time: crate::procfs::start_time(init_pid)?,
+        },
+    )?;
     log(&format!(
         "task {} started as pid {pid} under init {init_pid}",
         spec.task_id

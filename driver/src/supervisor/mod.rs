@@ -70,7 +70,7 @@ fn run(dir: &Path) -> io::Result<()> {
     ignore_terminal_signals();
     let streams = match spec.journal.as_ref().map(journalrelay::start).transpose() {
         Ok(s) => s,
-        Err(e) => return report_failure(&spec, &e),
+        Err(e) => return report_failure(dir, &spec, &e),
     };
     if spec.pid_ns {
         return init::launch(dir, &spec, streams);
@@ -79,18 +79,21 @@ fn run(dir: &Path) -> io::Result<()> {
     let sigfd = serve::sigchld_fd()?;
     let spawned = match child::spawn(&spec, streams.as_ref()) {
         Ok(spawned) => spawned,
-        Err(e) => return report_failure(&spec, &e),
+        Err(e) => return report_failure(dir, &spec, &e),
     };
     // The task has its copies; the relay ends when the task's are closed.
     drop(streams);
     let pid = spawned.pid;
     let me = std::process::id();
-    report(&StartReport::Started {
-        pid,
-        start_time: crate::procfs::start_time(pid)?,
-        supervisor_pid: me,
-        supervisor_start_time: crate::procfs::start_time(me)?,
-    })?;
+    report(
+        dir,
+        &StartReport::Started {
+            pid,
+            start_time: crate::procfs::start_time(pid)?,
+            supervisor_pid: me,
+            supervisor_start_time: crate::procfs::start_time(me)?,
+        },
+    )?;
     log(&format!("task {} started as pid {pid}", spec.task_id));
     trim::drop_text_pages();
     let listener = serve::listener(spawned.listener, host, &spec);
@@ -110,10 +113,10 @@ fn run(dir: &Path) -> io::Result<()> {
     finish(dir, &record)
 }
 
-fn report_failure(spec: &LaunchSpec, e: &io::Error) -> io::Result<()> {
+fn report_failure(dir: &Path, spec: &LaunchSpec, e: &io::Error) -> io::Result<()> {
     let error = format!("cannot start {}: {e}", spec.program.display());
     log(&error);
-    report(&StartReport::Failed { error })
+    report(dir, &StartReport::Failed { error })
 }
 
 fn finish(dir: &Path, record: &record::ExitRecord) -> io::Result<()> {
@@ -125,9 +128,15 @@ fn finish(dir: &Path, record: &record::ExitRecord) -> io::Result<()> {
     Ok(())
 }
 
-/// Writes the start report as one JSON line on stdout (a pipe to the plugin), then points stdout
-/// at /dev/null so a vanished plugin can never make us block or die of SIGPIPE.
-fn report(report: &StartReport) -> io::Result<()> {
+/// Records the start report in the task's state directory (where a plugin that replaced one
+/// that died during StartTask finds it), writes it as one JSON line on stdout (a pipe to the
+/// plugin), then points stdout at /dev/null so a vanished plugin can never make us block or die
+/// of SIGPIPE.
+fn report(dir: &Path, report: &StartReport) -> io::Result<()> {
+    if let Err(e) = record::write_json(dir, record::START_REPORT_FILE, report) {
+        // Only a replacement plugin needs it: it then restarts the task instead of adopting it.
+        log(&format!("cannot record the start report: {e}"));
+    }
     let mut line = serde_json::to_vec(report).map_err(io::Error::other)?;
     line.push(b'\n');
     let mut out = io::stdout().lock();

@@ -1,6 +1,7 @@
 //! Files a task's supervisor shares with the plugin under `<state_dir>/tasks/<task>/`: the launch
-//! spec the plugin writes, and the exit record the supervisor writes. Both survive the plugin
-//! process, which is what lets a restarted plugin recover a task and its true exit status.
+//! spec and planned state the plugin writes, the start report and exit record the supervisor
+//! writes. They survive the plugin process, which is what lets a restarted plugin recover a task
+//! and its true exit status, and adopt a task whose StartTask its predecessor did not finish.
 
 use std::fs;
 use std::io::{self, Write};
@@ -17,6 +18,12 @@ pub const EXIT_SLOT: &str = ".exit.slot";
 /// Size of [`EXIT_SLOT`]; an exit record is under 100 bytes of JSON.
 const EXIT_SLOT_BYTES: usize = 512;
 pub const LOG_FILE: &str = "supervisor.log";
+/// The supervisor's [`StartReport`], also kept on disk: a plugin that died during StartTask
+/// never read it from the pipe, and its replacement adopts the task from it.
+pub const START_REPORT_FILE: &str = "start-report.json";
+/// What the plugin knew of the task before launching it (its driver state without the
+/// processes), written before the launch for the same reason.
+pub const PLANNED_FILE: &str = "planned-state.json";
 
 /// First (and only) line a supervisor writes on its stdout, read by the plugin's StartTask.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,7 +11,7 @@ use crate::errors::DriverError;
 use crate::supervisor::record::{self, LOG_FILE, SPEC_FILE, StartReport};
 use crate::supervisor::{SUPERVISE_ARG, spec::LaunchSpec};
 
-const START_TIMEOUT: Duration = Duration::from_secs(30);
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A started task: the process Nomad's plugin spawned, and what it reported.
 pub struct Launched {

@@ -2,6 +2,7 @@
 //! Nomad's driver contract (plugins/drivers). Each task is owned by its own supervisor process;
 //! this table is only the plugin's view of them and can be rebuilt from `driver_state`.
 
+mod adopt;
 mod cgsetup;
 pub mod devcg;
 mod ephemeral;
@@ -157,6 +158,41 @@ fn clone_target(
 }
 
 /// The task's main process as launched, for the sinks.
+/// Records the planned state, launches the supervisor and returns the task's state with its
+/// processes, and the first supervisor process (to reap). A failed launch removes the task's
+/// state dir and owned cgroups again.
+async fn launch_planned(
+    planned: DriverState,
+    spec: &LaunchSpec,
+) -> Result<(DriverState, tokio::process::Child), DriverError> {
+    // Recorded first: a plugin replacing this one if it dies before StartTask returns adopts
+    // the task from it (adopt).
+    let launched = match adopt::record_plan(&planned) {
+        Ok(()) => launch::launch(&planned.dir, spec).await,
+        Err(e) => Err(e),
+    };
+    let launched = match launched {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&planned.dir);
+            if let Some(cg) = &planned.cgroups {
+                devcg::remove_owned(&planned.task_id, cg).await;
+            }
+            return Err(e);
+        }
+    };
+    let state = DriverState {
+        started_at_ms: record::now_ms(),
+        ..planned.with_processes(
+            launched.pid,
+            launched.start_time,
+            launched.supervisor_pid,
+            launched.supervisor_start_time,
+        )
+    };
+    Ok((state, launched.launcher))
+}
+
 fn main_process(cfg: &drivers::TaskConfig, spec: &LaunchSpec, pid: u32) -> MainProcess {
     MainProcess {
         pid,
@@ -219,6 +255,10 @@ impl TaskManager {
         if let Ok(existing) = self.get(&cfg.id) {
             return Ok(existing.state.clone());
         }
+        let dir = task_state_dir(&ctx.plugin.state_dir, &cfg.id);
+        if let adopt::Earlier::Started(state) = adopt::earlier_attempt(&dir, &cfg.id).await {
+            return self.adopt(cfg, state);
+        }
         let task_cfg = TaskConfig::decode(&cfg.msgpack_driver_config)?;
         let ephemeral_id = ephemeral::for_task(ctx, &cfg, &task_cfg)?;
         let started = self
@@ -262,7 +302,7 @@ impl TaskManager {
             ephemeral_id,
         })?;
         spec.self_track = self.observation.self_track(&cfg.id);
-        let planned = Instant::now();
+        let planned_at = Instant::now();
         require_dirs(cgroups.as_ref(), &cfg.id)?;
         let memory =
             cgsetup::apply_limits(&cfg, &task_cfg, cgroups.as_ref(), override_join.is_some())?;
@@ -286,24 +326,14 @@ impl TaskManager {
             .and_then(|f| pidswatch::hits(&f))
             .unwrap_or(0);
         let limited = Instant::now();
-        let launched = match launch::launch(&dir, &spec).await {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                if let Some(cg) = &cgroups {
-                    devcg::remove_owned(&cfg.id, cg).await;
-                }
-                return Err(e);
-            }
-        };
-        let state = DriverState {
+        let planned = DriverState {
             version: STATE_VERSION,
             task_id: cfg.id.clone(),
             dir: dir.clone(),
-            supervisor_pid: launched.supervisor_pid,
-            supervisor_start_time: launched.supervisor_start_time,
-            pid: launched.pid,
-            start_time: launched.start_time,
+            supervisor_pid: 0,
+            supervisor_start_time: 0,
+            pid: 0,
+            start_time: 0,
             started_at_ms: record::now_ms(),
             cgroups,
             signal_all_processes: task_cfg.signal_all_processes,
@@ -312,15 +342,16 @@ impl TaskManager {
             pids_hits_before,
             ephemeral_id,
         };
+        let (state, launcher) = launch_planned(planned, &spec).await?;
         // The plugin is the first supervisor process's parent: reap it when it ends.
-        let mut first_process = launched.launcher;
+        let mut first_process = launcher;
         tokio::spawn(async move {
             let _ = first_process.wait().await;
         });
         self.observation.started(
             &cfg,
             main_process(&cfg, &spec, state.pid),
-            [received, planned, limited],
+            [received, planned_at, limited],
         );
         if let Ok(supervisor) = PidFd::open(state.supervisor_pid, Some(state.supervisor_start_time))
         {
@@ -411,10 +442,39 @@ impl TaskManager {
         if self.get(&id).is_ok() {
             return Ok(());
         }
-        let recovered = self.recover_state(config, state, &id);
+        self.recover_or_forget(config, state, &id)
+    }
+
+    /// StartTask of a task an earlier plugin process launched and died before handing to Nomad
+    /// (Nomad retries StartTask then): the running task is recovered, not started again.
+    fn adopt(
+        &self,
+        cfg: drivers::TaskConfig,
+        state: DriverState,
+    ) -> Result<DriverState, DriverError> {
+        let id = cfg.id.clone();
+        tracing::warn!(task_id = %id, pid = state.pid, supervisor = state.supervisor_pid, "StartTask of a task an earlier plugin process launched before it died: adopting it");
+        self.recover_or_forget(cfg, state, &id)
+            .map_err(|e| DriverError::Start {
+                task: id.clone(),
+                reason: format!(
+                    "an earlier plugin process launched this task and died; adopting it failed: {e}"
+                ),
+                recoverable: false,
+            })?;
+        self.get(&id).map(|t| t.state.clone())
+    }
+
+    fn recover_or_forget(
+        &self,
+        config: drivers::TaskConfig,
+        state: DriverState,
+        id: &str,
+    ) -> Result<(), DriverError> {
+        let recovered = self.recover_state(config, state, id);
         if recovered.is_err() {
             // Not in the table: nothing would ever forget what recovering it registered.
-            self.observation.forget(&id);
+            self.observation.forget(id);
         }
         recovered
     }
@@ -498,10 +558,20 @@ impl TaskManager {
     }
 
     /// DestroyTask: forget the task and remove its state; with `force`, kill it first.
-    pub async fn destroy(&self, id: &str, force: bool) -> Result<(), DriverError> {
+    /// DestroyTask. `state_dir` (the plugin's) finds what a task this process does not know left.
+    pub async fn destroy(
+        &self,
+        id: &str,
+        force: bool,
+        state_dir: Option<&std::path::Path>,
+    ) -> Result<(), DriverError> {
         let Ok(task) = self.get(id) else {
-            // Unknown here (e.g. its RecoverTask failed): its kernel state may still exist.
+            // Unknown here (its RecoverTask failed, or its StartTask died with an earlier
+            // plugin): its kernel state and files may still exist.
             self.observation.forget(id);
+            if let Some(state_dir) = state_dir {
+                adopt::destroy_unknown(&task_state_dir(state_dir, id), id, force).await?;
+            }
             return Ok(());
         };
         if task.is_running() {

@@ -45,6 +45,24 @@ impl DriverState {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
+    /// The state planned before the launch, with the processes the supervisor reported.
+    #[must_use]
+    pub fn with_processes(
+        self,
+        pid: u32,
+        start_time: u64,
+        supervisor_pid: u32,
+        supervisor_start_time: u64,
+    ) -> Self {
+        Self {
+            supervisor_pid,
+            supervisor_start_time,
+            pid,
+            start_time,
+            ..self
+        }
+    }
+
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
         if bytes.is_empty() {
             return Err("the task handle carries no driver state".into());

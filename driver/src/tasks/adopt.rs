@@ -1,0 +1,242 @@
+//! A task an earlier plugin process launched but never handed to Nomad. Nomad's task runner
+//! retries StartTask with the same task id when the plugin died during it (ErrPluginShutdown):
+//! the task that launch started is adopted like a recovered one, never started a second time,
+//! and what a launch that started nothing left (cgroups, ephemeral user, state dir) is removed
+//! first. DestroyTask of a task this plugin does not know removes the same leftovers. Reads the
+//! planned state the plugin writes before a launch and the start report the supervisor writes
+//! (`supervisor::record`).
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::devcg;
+use super::ephemeral;
+use super::launch::START_TIMEOUT;
+use super::state::DriverState;
+use crate::errors::DriverError;
+use crate::procfs::{self, PidFd};
+use crate::supervisor::SUPERVISE_ARG;
+use crate::supervisor::record::{self, PLANNED_FILE, START_REPORT_FILE, StartReport};
+
+const POLL: Duration = Duration::from_millis(50);
+
+/// Records the task's planned state in its state dir, before its supervisor is launched.
+pub fn record_plan(planned: &DriverState) -> Result<(), DriverError> {
+    let dir = &planned.dir;
+    std::fs::create_dir_all(dir)
+        .and_then(|()| record::write_json(dir, PLANNED_FILE, planned))
+        .map_err(|e| DriverError::io(format!("writing the planned state in {}", dir.display()), e))
+}
+
+/// What an earlier StartTask of the task in `dir` left behind.
+#[derive(Debug)]
+pub enum Earlier {
+    /// Nothing (or only leftovers of a launch that started no task, now removed).
+    Nothing,
+    /// The task it started: its state, to recover it from.
+    Started(DriverState),
+}
+
+/// Looks for a task an earlier plugin process launched for `task_id`. A supervisor still
+/// starting it is given the launch's own time limit to report; one that does not is killed.
+pub async fn earlier_attempt(dir: &Path, task_id: &str) -> Earlier {
+    if std::fs::symlink_metadata(dir).is_err() {
+        return Earlier::Nothing;
+    }
+    let planned = record::read_json::<DriverState>(dir, PLANNED_FILE)
+        .ok()
+        .flatten();
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        // Looked up before the report is read: with none alive then, no one can still write it.
+        let alive = supervisors(dir);
+        match record::read_json::<StartReport>(dir, START_REPORT_FILE) {
+            Ok(Some(StartReport::Started {
+                pid,
+                start_time,
+                supervisor_pid,
+                supervisor_start_time,
+            })) => {
+                if let Some(planned) = planned {
+                    return Earlier::Started(planned.with_processes(
+                        pid,
+                        start_time,
+                        supervisor_pid,
+                        supervisor_start_time,
+                    ));
+                }
+                // A report without a plan cannot be recovered: the task is ended instead.
+                kill(&alive);
+                break;
+            }
+            Ok(Some(StartReport::Failed { .. })) | Err(_) => break,
+            Ok(None) => {}
+        }
+        if alive.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                task_id,
+                "an earlier plugin's launch of this task did not report within the start limit; killing it"
+            );
+            kill(&alive);
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    discard(dir, task_id, planned.as_ref()).await;
+    Earlier::Nothing
+}
+
+/// DestroyTask of a task this plugin process does not know (its RecoverTask failed, or its
+/// StartTask died with an earlier plugin): ends what still runs of it (only with `force`) and
+/// removes its cgroups, ephemeral user and state dir.
+pub async fn destroy_unknown(dir: &Path, task_id: &str, force: bool) -> Result<(), DriverError> {
+    if std::fs::symlink_metadata(dir).is_err() {
+        return Ok(());
+    }
+    let alive = supervisors(dir);
+    if !alive.is_empty() {
+        if !force {
+            return Err(DriverError::StillRunning {
+                task: task_id.to_owned(),
+                hint: "stop it first or destroy with force",
+            });
+        }
+        kill(&alive);
+    }
+    let planned = record::read_json::<DriverState>(dir, PLANNED_FILE)
+        .ok()
+        .flatten();
+    discard(dir, task_id, planned.as_ref()).await;
+    Ok(())
+}
+
+/// The supervisor processes (first process and namespace init) of the task in `dir`.
+fn supervisors(dir: &Path) -> Vec<(u32, u64)> {
+    procfs::find_by_args(&[SUPERVISE_ARG.as_bytes(), dir.as_os_str().as_bytes()])
+}
+
+fn kill(procs: &[(u32, u64)]) {
+    for (pid, start_time) in procs {
+        if let Ok(fd) = PidFd::open(*pid, Some(*start_time)) {
+            let _ = fd.send_signal(libc::SIGKILL);
+        }
+    }
+}
+
+/// Kills what runs in the task's cgroup, removes the cgroups the driver made for it, releases
+/// its ephemeral user and removes its state dir.
+async fn discard(dir: &Path, task_id: &str, planned: Option<&DriverState>) {
+    if let Some(cg) = planned.and_then(|p| p.cgroups.clone()) {
+        let killed = tokio::task::spawn_blocking({
+            let cg = cg.clone();
+            move || crate::cgroups::kill_all(&cg)
+        })
+        .await;
+        if let Ok(Err(e)) = killed {
+            tracing::warn!(task_id, error = %e, "could not kill the task cgroup");
+        }
+        devcg::remove_owned(task_id, &cg).await;
+    }
+    if let Some(uid) = planned.and_then(|p| p.ephemeral_id)
+        && let Some(state_dir) = dir.parent().and_then(Path::parent)
+    {
+        ephemeral::release(state_dir, uid, task_id);
+    }
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {
+            tracing::info!(task_id, dir = %dir.display(), "removed what an earlier start of the task left");
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(task_id, error = %e, "could not remove the task's state directory");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn planned(dir: &Path) -> DriverState {
+        DriverState {
+            version: super::super::state::STATE_VERSION,
+            task_id: "a1/web/x".into(),
+            dir: dir.to_path_buf(),
+            supervisor_pid: 0,
+            supervisor_start_time: 0,
+            pid: 0,
+            start_time: 0,
+            started_at_ms: 1,
+            cgroups: None,
+            signal_all_processes: false,
+            oom_kills_before: 0,
+            pids_max: None,
+            pids_hits_before: 0,
+            ephemeral_id: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn no_dir_means_nothing_earlier() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("tasks").join("t");
+        assert!(matches!(earlier_attempt(&dir, "t").await, Earlier::Nothing));
+        destroy_unknown(&dir, "t", false)
+            .await
+            .expect("nothing to do");
+    }
+
+    #[tokio::test]
+    async fn a_reported_start_is_adopted_with_the_plan() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("t");
+        record_plan(&planned(&dir)).expect("plan");
+        let report = StartReport::Started {
+            pid: 41,
+            start_time: 42,
+            supervisor_pid: 43,
+            supervisor_start_time: 44,
+        };
+        record::write_json(&dir, START_REPORT_FILE, &report).expect("report");
+        let Earlier::Started(st) = earlier_attempt(&dir, "t").await else {
+            panic!("not adopted");
+        };
+        assert_eq!((st.pid, st.start_time), (41, 42));
+        assert_eq!((st.supervisor_pid, st.supervisor_start_time), (43, 44));
+        assert_eq!(st.started_at_ms, 1);
+        assert!(dir.exists(), "an adopted task keeps its state dir");
+    }
+
+    #[tokio::test]
+    async fn a_launch_that_started_nothing_is_removed() {
+        let root = tempfile::tempdir().expect("tempdir");
+        for report in [
+            None,
+            Some(StartReport::Failed {
+                error: "no such file".into(),
+            }),
+        ] {
+            let dir = root.path().join("t");
+            record_plan(&planned(&dir)).expect("plan");
+            if let Some(r) = &report {
+                record::write_json(&dir, START_REPORT_FILE, r).expect("report");
+            }
+            assert!(matches!(earlier_attempt(&dir, "t").await, Earlier::Nothing));
+            assert!(!dir.exists(), "{report:?}: leftovers removed");
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_tasks_leave_no_state_dir() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("t");
+        record_plan(&planned(&dir)).expect("plan");
+        std::fs::write(dir.join(record::EXIT_FILE), "{}").expect("exit");
+        destroy_unknown(&dir, "t", false).await.expect("destroyed");
+        assert!(!dir.exists());
+    }
+}
