@@ -127,6 +127,7 @@ impl Runtime {
             .swap(true, std::sync::atomic::Ordering::SeqCst)
         {
             tokio::spawn(crate::collect::collect(Arc::downgrade(self)));
+            tokio::spawn(sweep_abandoned(Arc::downgrade(self)));
         }
         let compute =
             Compute::from_topology(nomad.driver.as_ref().and_then(|d| d.topology.as_ref()));
@@ -235,6 +236,25 @@ impl Runtime {
             },
             _ => None,
         }
+    }
+}
+
+/// How often tasks Nomad abandoned are looked for.
+const SWEEP_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Every [`SWEEP_PERIOD`], ends and removes the tasks Nomad abandoned (tasks::adopt).
+async fn sweep_abandoned(rt: std::sync::Weak<Runtime>) {
+    let mut tick = tokio::time::interval(SWEEP_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(rt) = rt.upgrade() else { return };
+        let Ok(configured) = rt.configured() else {
+            continue;
+        };
+        rt.tasks
+            .sweep_abandoned(&configured.start.plugin.state_dir)
+            .await;
     }
 }
 

@@ -22,6 +22,8 @@ type RpcStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 const FINGERPRINT_PERIOD: Duration = Duration::from_secs(30);
 const DEFAULT_STOP_SIGNAL: i32 = libc::SIGINT;
+/// How long WaitTask waits for the task's end event to reach Nomad before answering.
+const END_EVENT_WAIT: Duration = Duration::from_secs(2);
 
 pub struct DriverService {
     rt: Arc<Runtime>,
@@ -179,6 +181,13 @@ impl Driver for DriverService {
         if let Some(at) = delivered {
             tokio::time::sleep_until(at).await;
         }
+        let observation = &self.rt.tasks.observation;
+        if !observation
+            .end_delivered(&task.state.task_id, END_EVENT_WAIT)
+            .await
+        {
+            tracing::debug!(task_id = %task.state.task_id, "the task's end event was not handed to Nomad in time; answering WaitTask anyway");
+        }
         Ok(Response::new(drivers::WaitTaskResponse {
             result: Some(exit_result(&outcome)),
             err: outcome.err.unwrap_or_default(),
@@ -300,11 +309,16 @@ impl Driver for DriverService {
         _: Request<drivers::TaskEventsRequest>,
     ) -> Result<Response<Self::TaskEventsStream>, Status> {
         let mut rx = self.rt.events.subscribe();
+        let observation = Arc::clone(&self.rt.tasks.observation);
         Ok(Response::new(stream_from(move |tx| async move {
             loop {
                 tokio::select! {
                     ev = rx.recv() => match ev {
-                        Ok(ev) => if tx.send(Ok(ev)).await.is_err() { return },
+                        Ok(ev) => {
+                            let (task_id, message) = (ev.task_id.clone(), ev.message.clone());
+                            if tx.send(Ok(ev)).await.is_err() { return }
+                            observation.event_forwarded(&task_id, &message);
+                        }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => tracing::warn!(missed = n, "task events were dropped: Nomad read them too slowly"),
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                     },

@@ -3,8 +3,10 @@
 //! short task ends on its own with an exit code or a signal it raised itself; two long tasks
 //! are SIGKILLed by this test (one while no plugin runs); the rest are stopped by Nomad at the
 //! end. Every task's exit code (Nomad's `Terminated`) and exit reason (the driver's event) must
-//! be the true one; then, after the jobs are stopped and garbage-collected, nothing is left
-//! (processes, mounts, cgroups, state dirs, pinned-map entries) and the driver is healthy.
+//! be the true one and its command must have run exactly once (a plugin killed during a
+//! StartTask must not make Nomad's retry start it again); then, after the jobs are stopped and
+//! garbage-collected, nothing is left (processes, mounts, cgroups, state dirs, pinned-map
+//! entries) and the driver is healthy.
 //!
 //! 40 short and 6 long tasks by default; `BPFEXEC_E2E_LONG=1` runs 120 and 12.
 
@@ -38,16 +40,6 @@ fn sizes() -> (usize, usize) {
 fn chaos() {
     if !suite::is_bpfexec() {
         println!("SKIP: chaos: bpfexec-only checks (BPFEXEC_E2E_DRIVER=raw_exec)");
-        return;
-    }
-    // Outside the default gate until its known misreports are fixed (README, Known gaps):
-    // a run in about ten ends with a task not reported truly or a task state dir left behind.
-    let on = |name: &str| std::env::var(name).is_ok_and(|v| v == "1");
-    if !on("BPFEXEC_E2E_LONG") && !on("BPFEXEC_E2E_CHAOS") {
-        println!(
-            "NOT RUN: chaos is not in the default gate yet (known misreports, see the README's \
-             Known gaps); BPFEXEC_E2E_CHAOS=1 runs the short churn, cargo xtask test --long the long one"
-        );
         return;
     }
     let port = *PORT.get_or_init(|| bpfexec_e2e::env::free_port().unwrap_or(0));
@@ -98,8 +90,11 @@ fn kill_plugin(agent: &Agent, then: impl FnOnce() -> Result<()>) -> Result<()> {
     Ok(())
 }
 
+/// Each task notes every run of its command here: a task must run exactly once.
+const RUNS: &str = "echo run >> \"$NOMAD_ALLOC_DIR/runs\"";
+
 fn short_job(i: usize) -> (String, Expect) {
-    let pause = format!("sleep 0.{}", i % 10);
+    let pause = format!("{RUNS}\nsleep 0.{}", i % 10);
     if i % 6 == 5 {
         (format!("{pause}\nkill -TERM $$\nsleep 5"), Expect::SelfTerm)
     } else {
@@ -131,7 +126,9 @@ fn start_long(agent: &Agent) -> Result<Long> {
         .memory_mb(32)
         .disk_mb(10)
         .extra_task_hcl(SMALL_LOGS)
-        .shell("echo $$ > /alloc/pid\nwhile :; do sleep 0.5; done");
+        .shell(&format!(
+            "{RUNS}\necho $$ > /alloc/pid\nwhile :; do sleep 0.5; done"
+        ));
     let id = register(agent, &job.to_hcl())?;
     let alloc = agent.api().wait_job_alloc(&id, TIMEOUT)?;
     agent
@@ -288,6 +285,13 @@ fn check(agent: &Agent, t: &Task) -> Result<usize> {
         Expect::HostKill => (137, 9),
     };
     expect_terminated(&a, code, signal)?;
+    let runs = std::fs::read_to_string(suite::alloc_file(agent, &t.alloc, "runs"))
+        .context("the task's runs file")?;
+    ensure!(
+        runs.lines().count() == 1,
+        "its command ran {} times",
+        runs.lines().count()
+    );
     let want: BTreeMap<&str, String> = match &t.expect {
         Expect::Exited(c) => [
             ("reason", "exited".to_owned()),

@@ -36,6 +36,10 @@ fn recovery() {
                 name: "plugin_killed_during_start",
                 run: plugin_killed_during_start,
             },
+            Check {
+                name: "agent_stopped_during_start",
+                run: agent_stopped_during_start,
+            },
         ],
     );
 }
@@ -290,6 +294,59 @@ fn plugin_killed_during_start(agent: &mut Agent) -> Result<()> {
     agent.api().client_gc()?;
     poll_until("nothing left of the tasks", TIMEOUT, POLL, |last| {
         let left = bpfexec_e2e::leftovers::find(agent, &allocs);
+        *last = format!("{left:?}");
+        Ok(left.is_empty().then_some(()))
+    })?;
+    Ok(())
+}
+
+/// The agent stopped (SIGINT) the moment a task's supervisor appears, then started again: a
+/// graceful stop lets the StartTask in flight finish, so the task is recovered from its handle,
+/// runs once and reports its true exit code; nothing is left after GC.
+fn agent_stopped_during_start(agent: &mut Agent) -> Result<()> {
+    if !suite::is_bpfexec() {
+        println!("(raw_exec run: bpfexec-only check; skipped)");
+        return Ok(());
+    }
+    let before = supervisors(agent);
+    let job = suite::batch("start-stop").shell(
+        "echo run >> \"$NOMAD_ALLOC_DIR/runs\"\n\
+         while [ ! -e \"$NOMAD_ALLOC_DIR/go\" ]; do sleep 0.2; done\n\
+         exit 6",
+    );
+    let job_id = agent.api().register_job(&job.to_hcl())?;
+    poll_until(
+        "the task's supervisor to appear",
+        TIMEOUT,
+        Duration::from_millis(1),
+        |_| {
+            Ok(supervisors(agent)
+                .iter()
+                .any(|p| !before.contains(p))
+                .then_some(()))
+        },
+    )?;
+    agent.restart()?;
+    let alloc = agent.api().wait_job_alloc(&job_id, TIMEOUT)?;
+    agent
+        .api()
+        .wait_alloc_status(&alloc, &["running"], TIMEOUT)?;
+    std::fs::write(alloc_file(agent, &alloc, "go"), b"")?;
+    let a = agent
+        .api()
+        .wait_alloc_status(&alloc, &["failed"], TIMEOUT)?;
+    expect_terminated(&a, 6, 0)?;
+    let runs = std::fs::read_to_string(alloc_file(agent, &alloc, "runs"))?;
+    ensure!(
+        runs.lines().count() == 1 && count_events(&a, "Started") == 1,
+        "the command ran {} times:\n{}",
+        runs.lines().count(),
+        a.describe()
+    );
+    agent.api().stop_job(&job_id, false)?;
+    agent.api().client_gc()?;
+    poll_until("nothing left of the task", TIMEOUT, POLL, |last| {
+        let left = bpfexec_e2e::leftovers::find(agent, std::slice::from_ref(&alloc));
         *last = format!("{left:?}");
         Ok(left.is_empty().then_some(()))
     })?;

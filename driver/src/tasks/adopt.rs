@@ -2,9 +2,11 @@
 //! retries StartTask with the same task id when the plugin died during it (ErrPluginShutdown):
 //! the task that launch started is adopted like a recovered one, never started a second time,
 //! and what a launch that started nothing left (cgroups, ephemeral user, state dir) is removed
-//! first. DestroyTask of a task this plugin does not know removes the same leftovers. Reads the
-//! planned state the plugin writes before a launch and the start report the supervisor writes
-//! (`supervisor::record`).
+//! first. DestroyTask of a task this plugin does not know removes the same leftovers, and so
+//! does a periodic sweep for tasks Nomad abandoned (its task runner gave up re-attaching after a
+//! plugin death, so no RecoverTask or DestroyTask ever comes): those whose allocation directory
+//! Nomad has garbage-collected. Reads the planned state the plugin writes before a launch and the
+//! start report the supervisor writes (`supervisor::record`).
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -29,20 +31,13 @@ pub fn record_plan(planned: &DriverState) -> Result<(), DriverError> {
         .map_err(|e| DriverError::io(format!("writing the planned state in {}", dir.display()), e))
 }
 
-/// What an earlier StartTask of the task in `dir` left behind.
-#[derive(Debug)]
-pub enum Earlier {
-    /// Nothing (or only leftovers of a launch that started no task, now removed).
-    Nothing,
-    /// The task it started: its state, to recover it from.
-    Started(DriverState),
-}
-
-/// Looks for a task an earlier plugin process launched for `task_id`. A supervisor still
-/// starting it is given the launch's own time limit to report; one that does not is killed.
-pub async fn earlier_attempt(dir: &Path, task_id: &str) -> Earlier {
+/// The state of the task an earlier plugin process launched for `task_id` in `dir`, to recover
+/// it from; None when there is none (what a launch that started no task left is removed). A
+/// supervisor still starting the task is given the launch's own time limit to report; one that
+/// does not is killed.
+pub async fn earlier_attempt(dir: &Path, task_id: &str) -> Option<DriverState> {
     if std::fs::symlink_metadata(dir).is_err() {
-        return Earlier::Nothing;
+        return None;
     }
     let planned = record::read_json::<DriverState>(dir, PLANNED_FILE)
         .ok()
@@ -59,7 +54,7 @@ pub async fn earlier_attempt(dir: &Path, task_id: &str) -> Earlier {
                 supervisor_start_time,
             })) => {
                 if let Some(planned) = planned {
-                    return Earlier::Started(planned.with_processes(
+                    return Some(planned.with_processes(
                         pid,
                         start_time,
                         supervisor_pid,
@@ -87,7 +82,7 @@ pub async fn earlier_attempt(dir: &Path, task_id: &str) -> Earlier {
         tokio::time::sleep(POLL).await;
     }
     discard(dir, task_id, planned.as_ref()).await;
-    Earlier::Nothing
+    None
 }
 
 /// DestroyTask of a task this plugin process does not know (its RecoverTask failed, or its
@@ -112,6 +107,37 @@ pub async fn destroy_unknown(dir: &Path, task_id: &str, force: bool) -> Result<(
         .flatten();
     discard(dir, task_id, planned.as_ref()).await;
     Ok(())
+}
+
+/// Ends and removes every task under `<state_dir>/tasks` that `known` does not name and whose
+/// allocation directory is gone: Nomad has garbage-collected its allocation, so nothing will
+/// ever recover or destroy it. Returns the task ids removed.
+pub async fn sweep(state_dir: &Path, known: impl Fn(&str) -> bool) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(state_dir.join("tasks")) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let Ok(Some(planned)) = record::read_json::<DriverState>(&dir, PLANNED_FILE) else {
+            continue;
+        };
+        let abandoned = planned
+            .alloc_dir
+            .as_ref()
+            .is_some_and(|a| std::fs::symlink_metadata(a).is_err());
+        if !abandoned || known(&planned.task_id) {
+            continue;
+        }
+        tracing::warn!(
+            task_id = %planned.task_id,
+            "Nomad garbage-collected the allocation of a task it never recovered or destroyed (it gave up re-attaching after a plugin death): ending what is left of it"
+        );
+        if destroy_unknown(&dir, &planned.task_id, true).await.is_ok() {
+            removed.push(planned.task_id);
+        }
+    }
+    removed
 }
 
 /// The supervisor processes (first process and namespace init) of the task in `dir`.
@@ -160,6 +186,7 @@ async fn discard(dir: &Path, task_id: &str, planned: Option<&DriverState>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn planned(dir: &Path) -> DriverState {
         DriverState {
@@ -177,6 +204,7 @@ mod tests {
             pids_max: None,
             pids_hits_before: 0,
             ephemeral_id: None,
+            alloc_dir: None,
         }
     }
 
@@ -184,7 +212,7 @@ mod tests {
     async fn no_dir_means_nothing_earlier() {
         let root = tempfile::tempdir().expect("tempdir");
         let dir = root.path().join("tasks").join("t");
-        assert!(matches!(earlier_attempt(&dir, "t").await, Earlier::Nothing));
+        assert!(earlier_attempt(&dir, "t").await.is_none());
         destroy_unknown(&dir, "t", false)
             .await
             .expect("nothing to do");
@@ -202,9 +230,7 @@ mod tests {
             supervisor_start_time: 44,
         };
         record::write_json(&dir, START_REPORT_FILE, &report).expect("report");
-        let Earlier::Started(st) = earlier_attempt(&dir, "t").await else {
-            panic!("not adopted");
-        };
+        let st = earlier_attempt(&dir, "t").await.expect("adopted");
         assert_eq!((st.pid, st.start_time), (41, 42));
         assert_eq!((st.supervisor_pid, st.supervisor_start_time), (43, 44));
         assert_eq!(st.started_at_ms, 1);
@@ -225,9 +251,34 @@ mod tests {
             if let Some(r) = &report {
                 record::write_json(&dir, START_REPORT_FILE, r).expect("report");
             }
-            assert!(matches!(earlier_attempt(&dir, "t").await, Earlier::Nothing));
+            assert!(earlier_attempt(&dir, "t").await.is_none());
             assert!(!dir.exists(), "{report:?}: leftovers removed");
         }
+    }
+
+    #[tokio::test]
+    async fn the_sweep_removes_only_unknown_tasks_of_collected_allocations() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let alloc = root.path().join("alloc-live");
+        std::fs::create_dir_all(&alloc).expect("alloc dir");
+        let task = |name: &str, alloc_dir: Option<PathBuf>| {
+            let dir = root.path().join("tasks").join(name);
+            record_plan(&DriverState {
+                task_id: name.to_owned(),
+                alloc_dir,
+                ..planned(&dir)
+            })
+            .expect("plan");
+            dir
+        };
+        let gone = task("gone", Some(root.path().join("alloc-gone")));
+        let live = task("live", Some(alloc.clone()));
+        let known = task("known", Some(root.path().join("alloc-gone")));
+        let old = task("old-format", None);
+        let removed = sweep(root.path(), |id| id == "known").await;
+        assert_eq!(removed, vec!["gone".to_owned()]);
+        assert!(!gone.exists());
+        assert!(live.exists() && known.exists() && old.exists());
     }
 
     #[tokio::test]

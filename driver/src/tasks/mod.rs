@@ -256,7 +256,7 @@ impl TaskManager {
             return Ok(existing.state.clone());
         }
         let dir = task_state_dir(&ctx.plugin.state_dir, &cfg.id);
-        if let adopt::Earlier::Started(state) = adopt::earlier_attempt(&dir, &cfg.id).await {
+        if let Some(state) = adopt::earlier_attempt(&dir, &cfg.id).await {
             return self.adopt(cfg, state);
         }
         let task_cfg = TaskConfig::decode(&cfg.msgpack_driver_config)?;
@@ -341,6 +341,7 @@ impl TaskManager {
             pids_max: task_cfg.limits.pids_max,
             pids_hits_before,
             ephemeral_id,
+            alloc_dir: (!cfg.alloc_dir.is_empty()).then(|| PathBuf::from(&cfg.alloc_dir)),
         };
         let (state, launcher) = launch_planned(planned, &spec).await?;
         // The plugin is the first supervisor process's parent: reap it when it ends.
@@ -558,6 +559,13 @@ impl TaskManager {
     }
 
     /// DestroyTask: forget the task and remove its state; with `force`, kill it first.
+    /// Ends and removes the tasks Nomad abandoned (adopt::sweep) under `state_dir`.
+    pub async fn sweep_abandoned(&self, state_dir: &std::path::Path) {
+        for id in adopt::sweep(state_dir, |id| self.get(id).is_ok()).await {
+            self.observation.forget(&id);
+        }
+    }
+
     /// DestroyTask. `state_dir` (the plugin's) finds what a task this process does not know left.
     pub async fn destroy(
         &self,

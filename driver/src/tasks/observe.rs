@@ -77,6 +77,17 @@ impl Observation {
         self.telemetry.nomad.release(task_id)
     }
 
+    /// Returns once the task's end event has been handed to Nomad's TaskEvents stream (at most
+    /// `limit`): Nomad drops a task's events that arrive after its exit result.
+    pub async fn end_delivered(&self, task_id: &str, limit: std::time::Duration) -> bool {
+        self.telemetry.nomad.ends().wait(task_id, limit).await
+    }
+
+    /// The TaskEvents stream handed the task's event with `message` to Nomad.
+    pub fn event_forwarded(&self, task_id: &str, message: &str) {
+        self.telemetry.nomad.ends().forwarded(task_id, message);
+    }
+
     /// StartTask succeeded: the run's first fact. `marks`: when StartTask was received, when
     /// planning ended and when the cgroups were ready; the launch ended now.
     pub fn started(&self, cfg: &drivers::TaskConfig, main: MainProcess, marks: [Instant; 3]) {
@@ -204,6 +215,7 @@ impl Observation {
     }
 
     pub fn forget(&self, task_id: &str) {
+        self.telemetry.nomad.ends().forget(task_id);
         if let Some(obs) = self.observer()
             && let Err(e) = obs.forget(TaskKey::from_task_id(task_id))
         {

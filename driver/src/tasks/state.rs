@@ -38,6 +38,10 @@ pub struct DriverState {
     /// The ephemeral uid (= gid) the task runs as, released when it is destroyed.
     #[serde(default)]
     pub ephemeral_id: Option<u32>,
+    /// The allocation's directory: once Nomad has garbage-collected it, a task this plugin was
+    /// never asked to recover or destroy is known to be abandoned (adopt::sweep).
+    #[serde(default)]
+    pub alloc_dir: Option<PathBuf>,
 }
 
 impl DriverState {
@@ -137,6 +141,7 @@ mod tests {
             pids_max: None,
             pids_hits_before: 0,
             ephemeral_id: None,
+            alloc_dir: None,
         }
     }
 

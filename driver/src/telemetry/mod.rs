@@ -18,6 +18,7 @@
 //! a Nomad RPC. Adding a sink touches neither the probes nor the observer.
 
 pub mod bus;
+pub mod end_delivery;
 pub mod fact;
 pub mod ids;
 pub mod metrics;

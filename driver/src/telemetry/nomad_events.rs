@@ -13,6 +13,7 @@ use bpfexec_proto::drivers;
 use tokio::sync::broadcast;
 
 use super::bus::{FactBus, FactReceiver};
+use super::end_delivery::EndDelivery;
 use super::fact::Fact;
 use super::ids;
 
@@ -45,6 +46,8 @@ struct Outbox {
     held: Mutex<HashMap<String, Vec<drivers::DriverTaskEvent>>>,
     /// Exit events carry the run's trace id (trace export is on).
     trace_ids: AtomicBool,
+    /// Where WaitTask learns that a task's end event has reached Nomad's stream.
+    ends: Arc<EndDelivery>,
 }
 
 impl Outbox {
@@ -109,12 +112,20 @@ impl NomadEvents {
             events,
             held: Mutex::new(HashMap::new()),
             trace_ids: AtomicBool::new(false),
+            ends: Arc::new(EndDelivery::default()),
         });
         tokio::spawn(run(
             bus.subscribe("nomad_events", QUEUE, false),
             Arc::clone(&outbox),
         ));
         Self { outbox }
+    }
+
+    /// Where the TaskEvents stream reports what it handed to Nomad and WaitTask waits for a
+    /// task's end event.
+    #[must_use]
+    pub fn ends(&self) -> Arc<EndDelivery> {
+        Arc::clone(&self.outbox.ends)
     }
 
     /// Exit events name the run's trace id from now on.
@@ -164,7 +175,13 @@ impl NomadEvents {
 
 async fn run(mut facts: FactReceiver, outbox: Arc<Outbox>) {
     while let Some(batch) = facts.recv().await {
-        for event in batch.iter().filter_map(|f| outbox.event_of(f)) {
+        for fact in batch.iter() {
+            let Some(event) = outbox.event_of(fact) else {
+                continue;
+            };
+            if matches!(fact, Fact::Ended { .. }) {
+                outbox.ends.sent(&event.task_id, &event.message);
+            }
             outbox.send(event);
         }
     }
