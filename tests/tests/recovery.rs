@@ -209,107 +209,11 @@ fn supervisors(agent: &Agent) -> Vec<i32> {
     })
 }
 
-/// The plugin SIGKILLed the moment a task's supervisor appears, before StartTask has returned.
-/// Nomad retries StartTask with the same task id on the relaunched plugin, which must adopt the
-/// task its predecessor launched: the command runs once, Nomad sees one start and the true exit
-/// code, and nothing of the task is left after GC. The kill can come too late (StartTask already
-/// answered): then it is tried again, up to 5 times; at least one try must hit the window.
-fn plugin_killed_during_start(agent: &mut Agent) -> Result<()> {
-    if !suite::is_bpfexec() {
-        println!("(raw_exec run: no external plugin process to kill; skipped)");
-        return Ok(());
-    }
-    let mut allocs = Vec::new();
-    let mut hits = 0;
-    for attempt in 1..=5 {
-        let before = supervisors(agent);
-        let plugins = agent.plugin_pids();
-        ensure!(plugins.len() == 1, "expected one plugin, found {plugins:?}");
-        let job = suite::batch("start-kill").shell(
-            "echo run >> \"$NOMAD_ALLOC_DIR/runs\"\n\
-             while [ ! -e \"$NOMAD_ALLOC_DIR/go\" ]; do sleep 0.2; done\n\
-             exit 6",
-        );
-        let job_id = agent.api().register_job(&job.to_hcl())?;
-        poll_until(
-            "the task's supervisor to appear",
-            TIMEOUT,
-            Duration::from_millis(1),
-            |_| {
-                Ok(supervisors(agent)
-                    .iter()
-                    .any(|p| !before.contains(p))
-                    .then_some(()))
-            },
-        )?;
-        procs::signal(plugins[0], Signal::SIGKILL).context("SIGKILL to the plugin")?;
-        poll_until("Nomad to relaunch the plugin", TIMEOUT, POLL, |_| {
-            Ok(agent.plugin_pids().into_iter().find(|p| *p != plugins[0]))
-        })?;
-        let alloc = agent.api().wait_job_alloc(&job_id, TIMEOUT)?;
-        agent
-            .api()
-            .wait_alloc_status(&alloc, &["running"], TIMEOUT)?;
-        std::fs::write(alloc_file(agent, &alloc, "go"), b"")?;
-        let a = agent
-            .api()
-            .wait_alloc_status(&alloc, &["failed"], TIMEOUT)?;
-        expect_terminated(&a, 6, 0)?;
-        ensure!(
-            count_events(&a, "Started") == 1,
-            "the task was started more than once:\n{}",
-            a.describe()
-        );
-        let runs = std::fs::read_to_string(alloc_file(agent, &alloc, "runs"))?;
-        ensure!(
-            runs.lines().count() == 1,
-            "the command ran {} times:\n{}",
-            runs.lines().count(),
-            a.describe()
-        );
-        let log = std::fs::read_to_string(agent.log_path())?;
-        let retried = log.lines().any(|l| {
-            l.contains("failed to start task because plugin shutdown unexpectedly")
-                && l.contains(&alloc)
-        });
-        let adopted = log
-            .lines()
-            .any(|l| l.contains("adopting it") && l.contains(&alloc));
-        println!("attempt {attempt}: StartTask retried by Nomad: {retried}, adopted: {adopted}");
-        ensure!(
-            retried == adopted,
-            "Nomad retried StartTask ({retried}) but the plugin adopted the task: {adopted}"
-        );
-        allocs.push(alloc);
-        agent.api().stop_job(&job_id, false)?;
-        if retried {
-            hits += 1;
-            break;
-        }
-    }
-    ensure!(
-        hits > 0,
-        "the plugin kill never landed inside StartTask in 5 tries"
-    );
-    agent.api().client_gc()?;
-    poll_until("nothing left of the tasks", TIMEOUT, POLL, |last| {
-        let left = bpfexec_e2e::leftovers::find(agent, &allocs);
-        *last = format!("{left:?}");
-        Ok(left.is_empty().then_some(()))
-    })?;
-    Ok(())
-}
-
-/// The agent stopped (SIGINT) the moment a task's supervisor appears, then started again: a
-/// graceful stop lets the StartTask in flight finish, so the task is recovered from its handle,
-/// runs once and reports its true exit code; nothing is left after GC.
-fn agent_stopped_during_start(agent: &mut Agent) -> Result<()> {
-    if !suite::is_bpfexec() {
-        println!("(raw_exec run: bpfexec-only check; skipped)");
-        return Ok(());
-    }
+/// Registers a batch job whose command notes each run in `$NOMAD_ALLOC_DIR/runs`, waits for
+/// `go` and exits 6; returns its id as soon as its supervisor exists (StartTask in flight).
+fn register_caught_starting(agent: &Agent, prefix: &str) -> Result<String> {
     let before = supervisors(agent);
-    let job = suite::batch("start-stop").shell(
+    let job = suite::batch(prefix).shell(
         "echo run >> \"$NOMAD_ALLOC_DIR/runs\"\n\
          while [ ! -e \"$NOMAD_ALLOC_DIR/go\" ]; do sleep 0.2; done\n\
          exit 6",
@@ -326,8 +230,13 @@ fn agent_stopped_during_start(agent: &mut Agent) -> Result<()> {
                 .then_some(()))
         },
     )?;
-    agent.restart()?;
-    let alloc = agent.api().wait_job_alloc(&job_id, TIMEOUT)?;
+    Ok(job_id)
+}
+
+/// Lets the job of [`register_caught_starting`] end: its command ran once, Nomad saw one start
+/// and exit code 6. Stops the job; returns the allocation.
+fn ran_once(agent: &Agent, job_id: &str) -> Result<String> {
+    let alloc = agent.api().wait_job_alloc(job_id, TIMEOUT)?;
     agent
         .api()
         .wait_alloc_status(&alloc, &["running"], TIMEOUT)?;
@@ -343,12 +252,72 @@ fn agent_stopped_during_start(agent: &mut Agent) -> Result<()> {
         runs.lines().count(),
         a.describe()
     );
-    agent.api().stop_job(&job_id, false)?;
+    agent.api().stop_job(job_id, false)?;
+    Ok(alloc)
+}
+
+/// After GC, nothing of `allocs` is left.
+fn nothing_left(agent: &Agent, allocs: &[String]) -> Result<()> {
     agent.api().client_gc()?;
-    poll_until("nothing left of the task", TIMEOUT, POLL, |last| {
-        let left = bpfexec_e2e::leftovers::find(agent, std::slice::from_ref(&alloc));
+    poll_until("nothing left of the tasks", TIMEOUT, POLL, |last| {
+        let left = bpfexec_e2e::leftovers::find(agent, allocs);
         *last = format!("{left:?}");
         Ok(left.is_empty().then_some(()))
     })?;
     Ok(())
+}
+
+/// The plugin SIGKILLed the moment a task's supervisor appears, before StartTask has returned.
+/// Nomad retries StartTask with the same task id on the relaunched plugin, which must adopt the
+/// task its predecessor launched: the command runs once, Nomad sees one start and the true exit
+/// code, and nothing of the task is left after GC. The kill can come too late (StartTask already
+/// answered): then it is tried again, up to 5 times; at least one try must hit the window.
+fn plugin_killed_during_start(agent: &mut Agent) -> Result<()> {
+    if !suite::is_bpfexec() {
+        println!("(raw_exec run: no external plugin process to kill; skipped)");
+        return Ok(());
+    }
+    let mut allocs = Vec::new();
+    for attempt in 1..=5 {
+        let plugins = agent.plugin_pids();
+        ensure!(plugins.len() == 1, "expected one plugin, found {plugins:?}");
+        let job_id = register_caught_starting(agent, "start-kill")?;
+        procs::signal(plugins[0], Signal::SIGKILL).context("SIGKILL to the plugin")?;
+        poll_until("Nomad to relaunch the plugin", TIMEOUT, POLL, |_| {
+            Ok(agent.plugin_pids().into_iter().find(|p| *p != plugins[0]))
+        })?;
+        let alloc = ran_once(agent, &job_id)?;
+        let log = std::fs::read_to_string(agent.log_path())?;
+        let retried = log.lines().any(|l| {
+            l.contains("failed to start task because plugin shutdown unexpectedly")
+                && l.contains(&alloc)
+        });
+        let adopted = log
+            .lines()
+            .any(|l| l.contains("adopting it") && l.contains(&alloc));
+        println!("attempt {attempt}: StartTask retried by Nomad: {retried}, adopted: {adopted}");
+        ensure!(
+            retried == adopted,
+            "Nomad retried StartTask ({retried}) but the plugin adopted the task: {adopted}"
+        );
+        allocs.push(alloc);
+        if retried {
+            return nothing_left(agent, &allocs);
+        }
+    }
+    anyhow::bail!("the plugin kill never landed inside StartTask in 5 tries")
+}
+
+/// The agent stopped (SIGINT) the moment a task's supervisor appears, then started again: a
+/// graceful stop lets the StartTask in flight finish, so the task is recovered from its handle,
+/// runs once and reports its true exit code; nothing is left after GC.
+fn agent_stopped_during_start(agent: &mut Agent) -> Result<()> {
+    if !suite::is_bpfexec() {
+        println!("(raw_exec run: bpfexec-only check; skipped)");
+        return Ok(());
+    }
+    let job_id = register_caught_starting(agent, "start-stop")?;
+    agent.restart()?;
+    let alloc = ran_once(agent, &job_id)?;
+    nothing_left(agent, &[alloc])
 }

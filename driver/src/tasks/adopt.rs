@@ -188,26 +188,6 @@ mod tests {
     use super::*;
     use std::path::PathBuf;
 
-    fn planned(dir: &Path) -> DriverState {
-        DriverState {
-            version: super::super::state::STATE_VERSION,
-            task_id: "a1/web/x".into(),
-            dir: dir.to_path_buf(),
-            supervisor_pid: 0,
-            supervisor_start_time: 0,
-            pid: 0,
-            start_time: 0,
-            started_at_ms: 1,
-            cgroups: None,
-            signal_all_processes: false,
-            oom_kills_before: 0,
-            pids_max: None,
-            pids_hits_before: 0,
-            ephemeral_id: None,
-            alloc_dir: None,
-        }
-    }
-
     #[tokio::test]
     async fn no_dir_means_nothing_earlier() {
         let root = tempfile::tempdir().expect("tempdir");
@@ -222,7 +202,7 @@ mod tests {
     async fn a_reported_start_is_adopted_with_the_plan() {
         let root = tempfile::tempdir().expect("tempdir");
         let dir = root.path().join("t");
-        record_plan(&planned(&dir)).expect("plan");
+        record_plan(&DriverState::sample(&dir)).expect("plan");
         let report = StartReport::Started {
             pid: 41,
             start_time: 42,
@@ -233,7 +213,7 @@ mod tests {
         let st = earlier_attempt(&dir, "t").await.expect("adopted");
         assert_eq!((st.pid, st.start_time), (41, 42));
         assert_eq!((st.supervisor_pid, st.supervisor_start_time), (43, 44));
-        assert_eq!(st.started_at_ms, 1);
+        assert_eq!(st.started_at_ms, 14);
         assert!(dir.exists(), "an adopted task keeps its state dir");
     }
 
@@ -247,7 +227,7 @@ mod tests {
             }),
         ] {
             let dir = root.path().join("t");
-            record_plan(&planned(&dir)).expect("plan");
+            record_plan(&DriverState::sample(&dir)).expect("plan");
             if let Some(r) = &report {
                 record::write_json(&dir, START_REPORT_FILE, r).expect("report");
             }
@@ -266,7 +246,7 @@ mod tests {
             record_plan(&DriverState {
                 task_id: name.to_owned(),
                 alloc_dir,
-                ..planned(&dir)
+                ..DriverState::sample(&dir)
             })
             .expect("plan");
             dir
@@ -285,7 +265,7 @@ mod tests {
     async fn unknown_tasks_leave_no_state_dir() {
         let root = tempfile::tempdir().expect("tempdir");
         let dir = root.path().join("t");
-        record_plan(&planned(&dir)).expect("plan");
+        record_plan(&DriverState::sample(&dir)).expect("plan");
         std::fs::write(dir.join(record::EXIT_FILE), "{}").expect("exit");
         destroy_unknown(&dir, "t", false).await.expect("destroyed");
         assert!(!dir.exists());

@@ -122,14 +122,13 @@ impl Outcome {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sample() -> DriverState {
-        DriverState {
+impl DriverState {
+    /// A task's state for tests: task `a/t/1` in `dir`, processes 10 to 13, started at 14.
+    pub(crate) fn sample(dir: &std::path::Path) -> Self {
+        Self {
             version: STATE_VERSION,
             task_id: "a/t/1".into(),
-            dir: "/run/bpfexec/tasks/a_t_1".into(),
+            dir: dir.to_path_buf(),
             supervisor_pid: 10,
             supervisor_start_time: 11,
             pid: 12,
@@ -143,6 +142,15 @@ mod tests {
             ephemeral_id: None,
             alloc_dir: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> DriverState {
+        DriverState::sample(std::path::Path::new("/run/bpfexec/tasks/a_t_1"))
     }
 
     #[test]
