@@ -216,6 +216,7 @@ impl Driver for DriverService {
         req: Request<drivers::DestroyTaskRequest>,
     ) -> Result<Response<drivers::DestroyTaskResponse>, Status> {
         let req = req.into_inner();
+        self.rt.tasks.observation.end_settled(&req.task_id).await;
         let state_dir = self.rt.configured().ok().map(|c| c.start.plugin.state_dir);
         self.rt
             .tasks

@@ -83,6 +83,12 @@ impl Observation {
         self.telemetry.nomad.ends().wait(task_id, limit).await
     }
 
+    /// DestroyTask: returns once the task's end event has had time to reach Nomad's task state
+    /// (telemetry::end_delivery).
+    pub async fn end_settled(&self, task_id: &str) {
+        self.telemetry.nomad.ends().settle(task_id).await;
+    }
+
     /// The TaskEvents stream handed the task's event with `message` to Nomad.
     pub fn event_forwarded(&self, task_id: &str, message: &str) {
         self.telemetry.nomad.ends().forwarded(task_id, message);

@@ -2,11 +2,14 @@
 //! task runner has the exit result from WaitTask, so an exit-reason event that reaches Nomad
 //! later is lost. The Nomad-event sink notes each end event it sends; the TaskEvents stream notes
 //! each event it hands to Nomad's connection; WaitTask answers once the task's end event has been
-//! handed over (or a time limit passed: a missing subscriber must not hold Nomad up).
+//! handed over (or a time limit passed: a missing subscriber must not hold Nomad up). Nomad reads
+//! the event stream in goroutines of its own, which lag under load: the DestroyTask that follows
+//! the exit (before Nomad's final update of the allocation) is held until the event has had
+//! [`SETTLE`] to arrive.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -16,8 +19,13 @@ struct End {
     message: Option<String>,
     /// Whether that event has been handed to Nomad's TaskEvents stream.
     delivered: bool,
+    /// When it was.
+    delivered_at: Option<Instant>,
     notify: Arc<Notify>,
 }
+
+/// How long after its hand-over an end event is given to reach Nomad's task state.
+pub const SETTLE: Duration = Duration::from_millis(250);
 
 /// Per task: its end event's way from the sink to Nomad's stream.
 #[derive(Default)]
@@ -36,6 +44,7 @@ impl EndDelivery {
         let end = ends.entry(task_id.to_owned()).or_default();
         end.message = Some(message.to_owned());
         end.delivered = false;
+        end.delivered_at = None;
     }
 
     /// The TaskEvents stream handed an event of the task with `message` to Nomad.
@@ -45,6 +54,7 @@ impl EndDelivery {
             && end.message.as_deref() == Some(message)
         {
             end.delivered = true;
+            end.delivered_at = Some(Instant::now());
             end.notify.notify_waiters();
         }
     }
@@ -75,6 +85,15 @@ impl EndDelivery {
         tokio::time::timeout(limit, wait).await.is_ok()
     }
 
+    /// Returns once the task's end event, if it was handed over, has had [`SETTLE`] to reach
+    /// Nomad.
+    pub async fn settle(&self, task_id: &str) {
+        let since = self.ends().get(task_id).and_then(|e| e.delivered_at);
+        if let Some(left) = since.and_then(|at| SETTLE.checked_sub(at.elapsed())) {
+            tokio::time::sleep(left).await;
+        }
+    }
+
     /// The task is gone (DestroyTask).
     pub fn forget(&self, task_id: &str) {
         self.ends().remove(task_id);
@@ -102,6 +121,20 @@ mod tests {
         assert!(waiter.await.expect("joined"));
         // A second WaitTask of the same run answers at once.
         assert!(d.wait("t", Duration::from_millis(10)).await);
+    }
+
+    #[tokio::test]
+    async fn destroy_is_held_until_the_end_event_settled() {
+        let d = EndDelivery::default();
+        let t0 = Instant::now();
+        d.settle("unknown").await;
+        d.sent("t", "Exited normally");
+        d.settle("t").await;
+        assert!(t0.elapsed() < SETTLE / 2, "nothing handed over: no hold");
+        let t0 = Instant::now();
+        d.forwarded("t", "Exited normally");
+        d.settle("t").await;
+        assert!(t0.elapsed() + Duration::from_millis(5) >= SETTLE);
     }
 
     #[tokio::test]
