@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use bpfexec_proto::drivers::{self, driver_server::Driver};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -311,22 +311,24 @@ impl Driver for DriverService {
     ) -> Result<Response<Self::TaskEventsStream>, Status> {
         let mut rx = self.rt.events.subscribe();
         let observation = Arc::clone(&self.rt.tasks.observation);
-        Ok(Response::new(stream_from(move |tx| async move {
+        let events = stream_from(move |tx| async move {
             loop {
                 tokio::select! {
                     ev = rx.recv() => match ev {
-                        Ok(ev) => {
-                            let (task_id, message) = (ev.task_id.clone(), ev.message.clone());
-                            if tx.send(Ok(ev)).await.is_err() { return }
-                            observation.event_forwarded(&task_id, &message);
-                        }
+                        Ok(ev) => if tx.send(Ok(ev)).await.is_err() { return },
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => tracing::warn!(missed = n, "task events were dropped: Nomad read them too slowly"),
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                     },
                     () = tx.closed() => return,
                 }
             }
-        })))
+        });
+        // Marked handed over when tonic takes the event to write it to Nomad's connection.
+        Ok(Response::new(Box::pin(events.inspect(move |ev| {
+            if let Ok(ev) = ev {
+                observation.event_forwarded(&ev.task_id, &ev.message);
+            }
+        }))))
     }
 
     async fn signal_task(

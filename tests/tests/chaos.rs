@@ -281,7 +281,8 @@ enum Checked {
 }
 
 /// The first two follow a plugin SIGKILL: Nomad's driver manager hands out the dead plugin
-/// instance until it has noticed the process exit, and a task runner given it gives up.
+/// instance until it has noticed the process exit, and a task runner given it gives up. The
+/// last two lose only the exit-reason event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum NomadLost {
     /// Re-attaching to the running task failed ("failed to restore handle on driver after it
@@ -292,6 +293,10 @@ enum NomadLost {
     /// Creating the task's runner failed ("error adding alloc ... plugin is shut down"): the
     /// allocation fails with no task events and its command never runs.
     NeverStarted,
+    /// The exit code is true, but the exit-reason event never reached Nomad: the plugin was
+    /// SIGKILLed within a second of the task's end, with the event still on its way (Nomad has
+    /// no way to ask a new plugin for the events of a task it has seen end).
+    EventDiedWithPlugin,
     /// The exit code is true, and Nomad received the driver's exit-reason event (its log says
     /// "Task event: ... type=Driver"), but only after the task runner had exited, when Nomad no
     /// longer updates the allocation: Nomad's event goroutines lagged behind its task runner.
@@ -313,6 +318,35 @@ fn event_after_run_loop(agent: &Agent, alloc: &str) -> bool {
         }
     }
     false
+}
+
+/// Milliseconds since midnight of a Nomad log line (`    2026-12-02T16:10:41.319Z [INFO] ...`).
+fn log_ms(line: &str) -> Option<i64> {
+    let t = line.trim_start().get(11..23)?;
+    let field = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
+    Some(((field(0..2)? * 60 + field(3..5)?) * 60 + field(6..8)?) * 1000 + field(9..12)?)
+}
+
+/// Whether a plugin process was SIGKILLed within a second of `alloc`'s Terminated event and
+/// Nomad never logged a driver event for it.
+fn event_died_with_plugin(agent: &Agent, alloc: &str) -> bool {
+    let Ok(log) = std::fs::read_to_string(agent.log_path()) else {
+        return false;
+    };
+    let of_alloc = |kind: &str| {
+        log.lines()
+            .find(|l| l.contains(alloc) && l.contains("Task event:") && l.contains(kind))
+    };
+    if of_alloc("type=Driver").is_some() {
+        return false;
+    }
+    let Some(ended) = of_alloc("type=Terminated").and_then(log_ms) else {
+        return false;
+    };
+    log.lines()
+        .filter(|l| l.contains("plugin process exited: driver=bpfexec") && l.contains("killed"))
+        .filter_map(log_ms)
+        .any(|k| (ended - 500..=ended + 1000).contains(&k))
 }
 
 /// Whether Nomad's log shows it lost `alloc` after a plugin death, and how.
@@ -341,7 +375,8 @@ fn check(agent: &Agent, t: &Task) -> Result<Checked> {
             let ended = !exit_events(&a).is_empty()
                 || nomad_lost(agent, &t.alloc).is_some()
                 || (suite::count_events(&a, "Terminated") > 0
-                    && event_after_run_loop(agent, &t.alloc));
+                    && (event_after_run_loop(agent, &t.alloc)
+                        || event_died_with_plugin(agent, &t.alloc)));
             Ok((a.is_terminal() && ended).then_some(a))
         },
     )?;
@@ -368,6 +403,9 @@ fn check(agent: &Agent, t: &Task) -> Result<Checked> {
     expect_terminated(&a, code, signal)?;
     if events.is_empty() && event_after_run_loop(agent, &t.alloc) {
         return Ok(Checked::NomadLost(NomadLost::LateEvent));
+    }
+    if events.is_empty() && event_died_with_plugin(agent, &t.alloc) {
+        return Ok(Checked::NomadLost(NomadLost::EventDiedWithPlugin));
     }
     let want: BTreeMap<&str, String> = match &t.expect {
         Expect::Exited(c) => [
@@ -400,4 +438,11 @@ fn check(agent: &Agent, t: &Task) -> Result<Checked> {
         expect_details(ev, &pairs)?;
     }
     Ok(Checked::Reported(events.len()))
+}
+
+#[test]
+fn nomad_log_times() {
+    let line = "    2026-12-02T16:10:41.319Z [INFO]  client.driver_mgr: plugin process exited";
+    assert_eq!(log_ms(line), Some(((16 * 60 + 10) * 60 + 41) * 1000 + 319));
+    assert_eq!(log_ms("short"), None);
 }
