@@ -86,6 +86,27 @@ pub fn task_state_dir(state_dir: &Path, task_id: &str) -> PathBuf {
     state_dir.join("tasks").join(sanitize(task_id))
 }
 
+/// What a task state dir is renamed to while it is removed.
+pub const REMOVING_SUFFIX: &str = ".removing";
+
+/// Removes a task state dir so that an interruption (the plugin killed midway) leaves either the
+/// whole dir or one named `<dir>.removing`, never a dir that lost its planned state: renamed
+/// first (atomic), then removed. `Ok` when there was nothing to remove.
+pub fn remove_task_dir(dir: &Path) -> io::Result<()> {
+    let mut doomed = dir.as_os_str().to_owned();
+    doomed.push(REMOVING_SUFFIX);
+    let doomed = PathBuf::from(doomed);
+    match fs::rename(dir, &doomed) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    match fs::remove_dir_all(&doomed) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Turns a Nomad task id (`<alloc>/<task>/<invocation>`) into one safe path component.
 pub fn sanitize(task_id: &str) -> String {
     task_id

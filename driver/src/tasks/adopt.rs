@@ -111,7 +111,8 @@ pub async fn destroy_unknown(dir: &Path, task_id: &str, force: bool) -> Result<(
 
 /// Ends and removes every task under `<state_dir>/tasks` that `known` does not name and whose
 /// allocation directory is gone: Nomad has garbage-collected its allocation, so nothing will
-/// ever recover or destroy it. Returns the task ids removed.
+/// ever recover or destroy it. Finishes removals a killed plugin left halfway. Returns the task
+/// ids removed.
 pub async fn sweep(state_dir: &Path, known: impl Fn(&str) -> bool) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(state_dir.join("tasks")) else {
         return Vec::new();
@@ -119,6 +120,16 @@ pub async fn sweep(state_dir: &Path, known: impl Fn(&str) -> bool) -> Vec<String
     let mut removed = Vec::new();
     for entry in entries.flatten() {
         let dir = entry.path();
+        if dir
+            .to_str()
+            .is_some_and(|d| d.ends_with(record::REMOVING_SUFFIX))
+        {
+            // A removal the plugin was killed in the middle of.
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not finish removing a task state directory");
+            }
+            continue;
+        }
         let Ok(Some(planned)) = record::read_json::<DriverState>(&dir, PLANNED_FILE) else {
             continue;
         };
@@ -172,11 +183,10 @@ async fn discard(dir: &Path, task_id: &str, planned: Option<&DriverState>) {
     {
         ephemeral::release(state_dir, uid, task_id);
     }
-    match std::fs::remove_dir_all(dir) {
+    match record::remove_task_dir(dir) {
         Ok(()) => {
-            tracing::info!(task_id, dir = %dir.display(), "removed what an earlier start of the task left");
+            tracing::info!(task_id, dir = %dir.display(), "removed what is left of the task");
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => {
             tracing::warn!(task_id, error = %e, "could not remove the task's state directory");
         }
@@ -186,6 +196,7 @@ async fn discard(dir: &Path, task_id: &str, planned: Option<&DriverState>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::supervisor::record::REMOVING_SUFFIX;
     use std::path::PathBuf;
 
     #[tokio::test]
@@ -255,9 +266,14 @@ mod tests {
         let live = task("live", Some(alloc.clone()));
         let known = task("known", Some(root.path().join("alloc-gone")));
         let old = task("old-format", None);
+        let halfway = root
+            .path()
+            .join("tasks")
+            .join(format!("x{REMOVING_SUFFIX}"));
+        std::fs::create_dir_all(halfway.join("sub")).expect("halfway");
         let removed = sweep(root.path(), |id| id == "known").await;
         assert_eq!(removed, vec!["gone".to_owned()]);
-        assert!(!gone.exists());
+        assert!(!gone.exists() && !halfway.exists());
         assert!(live.exists() && known.exists() && old.exists());
     }
 

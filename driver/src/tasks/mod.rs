@@ -174,7 +174,7 @@ async fn launch_planned(
     let launched = match launched {
         Ok(l) => l,
         Err(e) => {
-            let _ = std::fs::remove_dir_all(&planned.dir);
+            let _ = record::remove_task_dir(&planned.dir);
             if let Some(cg) = &planned.cgroups {
                 devcg::remove_owned(&planned.task_id, cg).await;
             }
@@ -608,9 +608,7 @@ impl TaskManager {
         if let Some(cg) = &task.state.cgroups {
             devcg::remove_owned(id, cg).await;
         }
-        if let Err(e) = std::fs::remove_dir_all(&task.state.dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
+        if let Err(e) = record::remove_task_dir(&task.state.dir) {
             tracing::warn!(task_id = id, error = %e, "could not remove the task's state directory");
         }
         Ok(())
