@@ -157,7 +157,6 @@ fn clone_target(
         .flatten()
 }
 
-/// The task's main process as launched, for the sinks.
 /// Records the planned state, launches the supervisor and returns the task's state with its
 /// processes, and the first supervisor process (to reap). A failed launch removes the task's
 /// state dir and owned cgroups again.
@@ -193,6 +192,7 @@ async fn launch_planned(
     Ok((state, launched.launcher))
 }
 
+/// The task's main process as launched, for the sinks.
 fn main_process(cfg: &drivers::TaskConfig, spec: &LaunchSpec, pid: u32) -> MainProcess {
     MainProcess {
         pid,
