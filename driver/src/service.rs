@@ -23,7 +23,7 @@ type RpcStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 const FINGERPRINT_PERIOD: Duration = Duration::from_secs(30);
 const DEFAULT_STOP_SIGNAL: i32 = libc::SIGINT;
 /// How long WaitTask waits for the task's end event to reach Nomad before answering.
-const END_EVENT_WAIT: Duration = Duration::from_secs(2);
+const END_EVENT_WAIT: Duration = Duration::from_secs(1);
 
 pub struct DriverService {
     rt: Arc<Runtime>,

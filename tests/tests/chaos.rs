@@ -285,8 +285,9 @@ enum Checked {
 /// last two lose only the exit-reason event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum NomadLost {
-    /// Re-attaching to the running task failed ("failed to restore handle on driver after it
-    /// exited unexpectedly"): Nomad marks it dead with no exit code and never asks for it again.
+    /// Re-attaching to the task failed ("failed to restore handle on driver after it exited
+    /// unexpectedly", or "failed to initialize driver after it exited unexpectedly"): Nomad
+    /// marks it dead with no exit code and never asks for it again.
     /// The command must still have run once; the driver's sweep removes the task once its
     /// allocation is collected.
     Reattach,
@@ -353,7 +354,9 @@ fn event_died_with_plugin(agent: &Agent, alloc: &str) -> bool {
 fn nomad_lost(agent: &Agent, alloc: &str) -> Option<NomadLost> {
     let log = std::fs::read_to_string(agent.log_path()).ok()?;
     let said = |what: &str| log.lines().any(|l| l.contains(what) && l.contains(alloc));
-    if said("failed to restore handle on driver after it exited unexpectedly") {
+    if said("failed to restore handle on driver after it exited unexpectedly")
+        || said("failed to initialize driver after it exited unexpectedly")
+    {
         Some(NomadLost::Reattach)
     } else if said("error adding alloc") && said("plugin is shut down") {
         Some(NomadLost::NeverStarted)
