@@ -188,6 +188,7 @@ impl Driver for DriverService {
         {
             tracing::debug!(task_id = %task.state.task_id, "the task's end event was not handed to Nomad in time; answering WaitTask anyway");
         }
+        observation.end_settled(&task.state.task_id).await;
         Ok(Response::new(drivers::WaitTaskResponse {
             result: Some(exit_result(&outcome)),
             err: outcome.err.unwrap_or_default(),
@@ -216,7 +217,6 @@ impl Driver for DriverService {
         req: Request<drivers::DestroyTaskRequest>,
     ) -> Result<Response<drivers::DestroyTaskResponse>, Status> {
         let req = req.into_inner();
-        self.rt.tasks.observation.end_settled(&req.task_id).await;
         let state_dir = self.rt.configured().ok().map(|c| c.start.plugin.state_dir);
         self.rt
             .tasks

@@ -294,6 +294,10 @@ enum NomadLost {
     /// Creating the task's runner failed ("error adding alloc ... plugin is shut down"): the
     /// allocation fails with no task events and its command never runs.
     NeverStarted,
+    /// The exit code and reason are true, but Nomad shows the task running for good: the agent
+    /// was stopped while its task runner handled the exit, and the restored runner exited
+    /// without marking the task dead ("task run loop exiting" after the restart).
+    StuckRunning,
     /// The exit code is true, but the exit-reason event never reached Nomad: the plugin was
     /// SIGKILLed within a second of the task's end, with the event still on its way (Nomad has
     /// no way to ask a new plugin for the events of a task it has seen end).
@@ -302,6 +306,14 @@ enum NomadLost {
     /// "Task event: ... type=Driver"), but only after the task runner had exited, when Nomad no
     /// longer updates the allocation: Nomad's event goroutines lagged behind its task runner.
     LateEvent,
+}
+
+/// Whether Nomad's log shows `alloc`'s task runner exited.
+fn run_loop_exited(agent: &Agent, alloc: &str) -> bool {
+    std::fs::read_to_string(agent.log_path()).is_ok_and(|log| {
+        log.lines()
+            .any(|l| l.contains(alloc) && l.contains("task run loop exiting"))
+    })
 }
 
 /// Whether Nomad's log shows the driver's event for `alloc` arrived after its task runner had
@@ -375,6 +387,12 @@ fn check(agent: &Agent, t: &Task) -> Result<Checked> {
         |last| {
             let a = api.alloc(&t.alloc)?;
             *last = a.describe();
+            let stuck = !a.is_terminal()
+                && suite::count_events(&a, "Terminated") > 0
+                && run_loop_exited(agent, &t.alloc);
+            if stuck {
+                return Ok(Some(a));
+            }
             let ended = !exit_events(&a).is_empty()
                 || nomad_lost(agent, &t.alloc).is_some()
                 || (suite::count_events(&a, "Terminated") > 0
@@ -439,6 +457,9 @@ fn check(agent: &Agent, t: &Task) -> Result<Checked> {
     let pairs: Vec<(&str, &str)> = want.iter().map(|(k, v)| (*k, v.as_str())).collect();
     for ev in &events {
         expect_details(ev, &pairs)?;
+    }
+    if !a.is_terminal() {
+        return Ok(Checked::NomadLost(NomadLost::StuckRunning));
     }
     Ok(Checked::Reported(events.len()))
 }

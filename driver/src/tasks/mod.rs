@@ -559,8 +559,28 @@ impl TaskManager {
     }
 
     /// DestroyTask: forget the task and remove its state; with `force`, kill it first.
-    /// Ends and removes the tasks Nomad abandoned (adopt::sweep) under `state_dir`.
+    /// Ends and removes the tasks Nomad abandoned (adopt::sweep) under `state_dir`, and destroys
+    /// the ended tasks of this table whose allocation Nomad has garbage-collected without a
+    /// DestroyTask (a task runner restored after an agent stop can exit without one).
     pub async fn sweep_abandoned(&self, state_dir: &std::path::Path) {
+        let collected: Vec<String> = self
+            .all()
+            .into_iter()
+            .filter(|t| !t.is_running())
+            .filter(|t| {
+                t.state
+                    .alloc_dir
+                    .as_ref()
+                    .is_some_and(|a| std::fs::symlink_metadata(a).is_err())
+            })
+            .map(|t| t.state.task_id.clone())
+            .collect();
+        for id in collected {
+            tracing::warn!(task_id = %id, "Nomad garbage-collected the allocation of an ended task without destroying it: destroying it");
+            if let Err(e) = self.destroy(&id, true, Some(state_dir)).await {
+                tracing::warn!(task_id = %id, error = %e, "could not destroy the task");
+            }
+        }
         for id in adopt::sweep(state_dir, |id| self.get(id).is_ok()).await {
             self.observation.forget(&id);
         }

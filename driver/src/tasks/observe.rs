@@ -83,7 +83,7 @@ impl Observation {
         self.telemetry.nomad.ends().wait(task_id, limit).await
     }
 
-    /// DestroyTask: returns once the task's end event has had time to reach Nomad's task state
+    /// WaitTask: returns once the task's end event has had time to reach Nomad's task state
     /// (telemetry::end_delivery).
     pub async fn end_settled(&self, task_id: &str) {
         self.telemetry.nomad.ends().settle(task_id).await;

@@ -3,9 +3,10 @@
 //! later is lost. The Nomad-event sink notes each end event it sends; the TaskEvents stream notes
 //! each event it hands to Nomad's connection; WaitTask answers once the task's end event has been
 //! handed over (or a time limit passed: a missing subscriber must not hold Nomad up). Nomad reads
-//! the event stream in goroutines of its own, which lag under load: the DestroyTask that follows
-//! the exit (before Nomad's final update of the allocation) is held until the event has had
-//! [`SETTLE`] to arrive.
+//! the event stream in goroutines of its own, which lag behind its task runner under load, so
+//! WaitTask then also gives the event [`SETTLE`] to arrive. (Holding the DestroyTask that follows
+//! the exit instead widens a window in which an agent stopped meanwhile restores the task as
+//! running for good.)
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -124,7 +125,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn destroy_is_held_until_the_end_event_settled() {
+    async fn the_answer_is_held_until_the_end_event_settled() {
         let d = EndDelivery::default();
         let t0 = Instant::now();
         d.settle("unknown").await;
