@@ -379,7 +379,9 @@ fn nomad_lost(agent: &Agent, alloc: &str) -> Option<NomadLost> {
 
 /// Waits for the task's end and checks it.
 fn check(agent: &Agent, t: &Task) -> Result<Checked> {
+    const STUCK_FOR: Duration = Duration::from_secs(15);
     let api = agent.api();
+    let mut stuck_since: Option<Instant> = None;
     let a: Alloc = poll_until(
         "the task's end and exit-reason event",
         TIMEOUT,
@@ -387,10 +389,13 @@ fn check(agent: &Agent, t: &Task) -> Result<Checked> {
         |last| {
             let a = api.alloc(&t.alloc)?;
             *last = a.describe();
+            // Non-terminal for 15 s after the runner exited: not a status update on its way.
             let stuck = !a.is_terminal()
                 && suite::count_events(&a, "Terminated") > 0
                 && run_loop_exited(agent, &t.alloc);
-            if stuck {
+            if !stuck {
+                stuck_since = None;
+            } else if stuck_since.get_or_insert_with(Instant::now).elapsed() >= STUCK_FOR {
                 return Ok(Some(a));
             }
             let ended = !exit_events(&a).is_empty()
