@@ -280,9 +280,9 @@ enum Checked {
     NomadLost(NomadLost),
 }
 
-/// The first two follow a plugin SIGKILL: Nomad's driver manager hands out the dead plugin
-/// instance until it has noticed the process exit, and a task runner given it gives up. The
-/// last two lose only the exit-reason event.
+/// `Reattach` and `NeverStarted` follow a plugin SIGKILL: Nomad's driver manager hands out the
+/// dead plugin instance until it has noticed the process exit, and a task runner given it gives
+/// up. `StuckRunning` follows the agent restart. The last two lose only the exit-reason event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum NomadLost {
     /// Re-attaching to the task failed ("failed to restore handle on driver after it exited
