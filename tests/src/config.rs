@@ -123,9 +123,11 @@ client {{
 
   # Nomad garbage-collects a finished allocation at once when the host's disk is over 80% full
   # (its default), after which its logs are gone before a check reads them; a busy build
-  # machine often is. Keep allocations until the harness asks for a GC.
+  # machine often is. Keep allocations until the harness asks for a GC (also past Nomad's
+  # default of 50 allocations, which the long scale and chaos runs exceed).
   gc_disk_usage_threshold  = 99
   gc_inode_usage_threshold = 99
+  gc_max_allocs            = 1000
 }}
 "#,
         name = hcl_string(&layout.name),
