@@ -12,9 +12,8 @@ use nix::sched::{CloneFlags, unshare};
 use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid, fork};
 
-use super::record::StartReport;
 use super::spec::LaunchSpec;
-use super::{child, detach_stdout, finish, log, report, report_failure, serve};
+use super::{child, detach_stdout, finish, log, report_failure, report_started, serve};
 
 pub fn launch(
     dir: &Path,
@@ -76,15 +75,7 @@ fn relay(dir: &Path, spec: &LaunchSpec, rx: OwnedFd, init_pid: u32) -> io::Resul
         .next()
         .and_then(|p| p.parse().ok())
         .ok_or_else(|| io::Error::other("the task exited before it could be reported"))?;
-    report(
-        dir,
-        &StartReport::Started {
-            pid,
-            start_time: crate::procfs::start_time(pid)?,
-            supervisor_pid: init_pid,
-            supervisor_start_time: crate::procfs::start_time(init_pid)?,
-        },
-    )?;
+    report_started(dir, pid, init_pid)?;
     log(&format!(
         "task {} started as pid {pid} under init {init_pid}",
         spec.task_id

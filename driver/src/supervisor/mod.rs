@@ -84,16 +84,7 @@ fn run(dir: &Path) -> io::Result<()> {
     // The task has its copies; the relay ends when the task's are closed.
     drop(streams);
     let pid = spawned.pid;
-    let me = std::process::id();
-    report(
-        dir,
-        &StartReport::Started {
-            pid,
-            start_time: crate::procfs::start_time(pid)?,
-            supervisor_pid: me,
-            supervisor_start_time: crate::procfs::start_time(me)?,
-        },
-    )?;
+    report_started(dir, pid, std::process::id())?;
     log(&format!("task {} started as pid {pid}", spec.task_id));
     trim::drop_text_pages();
     let listener = serve::listener(spawned.listener, host, &spec);
@@ -111,6 +102,19 @@ fn run(dir: &Path) -> io::Result<()> {
         ));
     }
     finish(dir, &record)
+}
+
+/// Reports the task's main process `pid`, waited for by `supervisor_pid`.
+fn report_started(dir: &Path, pid: u32, supervisor_pid: u32) -> io::Result<()> {
+    report(
+        dir,
+        &StartReport::Started {
+            pid,
+            start_time: crate::procfs::start_time(pid)?,
+            supervisor_pid,
+            supervisor_start_time: crate::procfs::start_time(supervisor_pid)?,
+        },
+    )
 }
 
 fn report_failure(dir: &Path, spec: &LaunchSpec, e: &io::Error) -> io::Result<()> {

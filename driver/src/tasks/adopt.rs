@@ -16,6 +16,7 @@ use super::devcg;
 use super::ephemeral;
 use super::launch::START_TIMEOUT;
 use super::state::DriverState;
+use super::stop;
 use crate::errors::DriverError;
 use crate::procfs::{self, PidFd};
 use crate::supervisor::SUPERVISE_ARG;
@@ -39,9 +40,7 @@ pub async fn earlier_attempt(dir: &Path, task_id: &str) -> Option<DriverState> {
     if std::fs::symlink_metadata(dir).is_err() {
         return None;
     }
-    let planned = record::read_json::<DriverState>(dir, PLANNED_FILE)
-        .ok()
-        .flatten();
+    let planned = planned(dir);
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         // Looked up before the report is read: with none alive then, no one can still write it.
@@ -102,10 +101,7 @@ pub async fn destroy_unknown(dir: &Path, task_id: &str, force: bool) -> Result<(
         }
         kill(&alive);
     }
-    let planned = record::read_json::<DriverState>(dir, PLANNED_FILE)
-        .ok()
-        .flatten();
-    discard(dir, task_id, planned.as_ref()).await;
+    discard(dir, task_id, planned(dir).as_ref()).await;
     Ok(())
 }
 
@@ -130,7 +126,7 @@ pub async fn sweep(state_dir: &Path, known: impl Fn(&str) -> bool) -> Vec<String
             }
             continue;
         }
-        let Ok(Some(planned)) = record::read_json::<DriverState>(&dir, PLANNED_FILE) else {
+        let Some(planned) = planned(&dir) else {
             continue;
         };
         let abandoned = planned
@@ -164,33 +160,42 @@ fn kill(procs: &[(u32, u64)]) {
     }
 }
 
-/// Kills what runs in the task's cgroup, removes the cgroups the driver made for it, releases
-/// its ephemeral user and removes its state dir.
+/// Kills what runs in the task's cgroup, then removes what is left of the task.
 async fn discard(dir: &Path, task_id: &str, planned: Option<&DriverState>) {
-    if let Some(cg) = planned.and_then(|p| p.cgroups.clone()) {
-        let killed = tokio::task::spawn_blocking({
-            let cg = cg.clone();
-            move || crate::cgroups::kill_all(&cg)
-        })
-        .await;
-        if let Ok(Err(e)) = killed {
-            tracing::warn!(task_id, error = %e, "could not kill the task cgroup");
-        }
-        devcg::remove_owned(task_id, &cg).await;
+    if let Some(cg) = planned.and_then(|p| p.cgroups.as_ref()) {
+        stop::kill_cgroup(task_id, cg).await;
     }
-    if let Some(uid) = planned.and_then(|p| p.ephemeral_id)
+    if remove_leftovers(dir, task_id, planned).await {
+        tracing::info!(task_id, dir = %dir.display(), "removed what was left of the task");
+    }
+}
+
+/// Removes the cgroups the driver made for a task that no longer runs, releases its ephemeral
+/// user and removes its state dir (DestroyTask, and tasks found in the state dir only); false
+/// when the state dir could not be removed.
+pub async fn remove_leftovers(dir: &Path, task_id: &str, state: Option<&DriverState>) -> bool {
+    if let Some(cg) = state.and_then(|s| s.cgroups.as_ref()) {
+        devcg::remove_owned(task_id, cg).await;
+    }
+    if let Some(uid) = state.and_then(|s| s.ephemeral_id)
         && let Some(state_dir) = dir.parent().and_then(Path::parent)
     {
         ephemeral::release(state_dir, uid, task_id);
     }
     match record::remove_task_dir(dir) {
-        Ok(()) => {
-            tracing::info!(task_id, dir = %dir.display(), "removed what is left of the task");
-        }
+        Ok(()) => true,
         Err(e) => {
             tracing::warn!(task_id, error = %e, "could not remove the task's state directory");
+            false
         }
     }
+}
+
+/// The planned state recorded in `dir`, if readable.
+fn planned(dir: &Path) -> Option<DriverState> {
+    record::read_json::<DriverState>(dir, PLANNED_FILE)
+        .ok()
+        .flatten()
 }
 
 #[cfg(test)]

@@ -619,18 +619,8 @@ impl TaskManager {
         }
         self.table().remove(id);
         self.observation.forget(id);
-        if let Some(uid) = task.state.ephemeral_id
-            && let Some(state_dir) = task.state.dir.parent().and_then(std::path::Path::parent)
-        {
-            ephemeral::release(state_dir, uid, id);
-        }
         self.observation.destroyed(&task.config);
-        if let Some(cg) = &task.state.cgroups {
-            devcg::remove_owned(id, cg).await;
-        }
-        if let Err(e) = record::remove_task_dir(&task.state.dir) {
-            tracing::warn!(task_id = id, error = %e, "could not remove the task's state directory");
-        }
+        adopt::remove_leftovers(&task.state.dir, id, Some(&task.state)).await;
         Ok(())
     }
 }

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use super::Task;
+use crate::cgroups::TaskCgroups;
 use crate::errors::DriverError;
 use crate::procfs;
 
@@ -39,20 +40,30 @@ pub async fn stop(task: &Task, timeout: Duration, signal: i32) -> Result<(), Dri
 /// cgroup goes first so that, when the main process's end wakes the leak sweep, every process
 /// still in the cgroup has its SIGKILL already and is not mistaken for one that outlived the task.
 pub async fn kill_everything(task: &Task) {
-    if let Some(cg) = task.state.cgroups.clone() {
-        let killed = tokio::task::spawn_blocking(move || crate::cgroups::kill_all(&cg)).await;
-        match killed {
-            Ok(Ok(n)) if n > 0 => {
-                tracing::info!(task_id = %task.state.task_id, processes = n, "killed the processes in the task cgroup");
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(task_id = %task.state.task_id, error = %e, "could not kill the task cgroup");
-            }
-            _ => {}
-        }
+    if let Some(cg) = &task.state.cgroups {
+        kill_cgroup(&task.state.task_id, cg).await;
     }
     if task.main.is_some() {
         let _ = procfs::signal_group(task.state.pid, libc::SIGKILL);
     }
     let _ = task.signal_main(libc::SIGKILL);
+}
+
+/// SIGKILL to every process in the task's own cgroup (off the async runtime: v1 freezes it).
+pub async fn kill_cgroup(task_id: &str, cg: &TaskCgroups) {
+    let cg = cg.clone();
+    let killed = tokio::task::spawn_blocking(move || crate::cgroups::kill_all(&cg)).await;
+    match killed {
+        Ok(Ok(n)) if n > 0 => {
+            tracing::info!(
+                task_id,
+                processes = n,
+                "killed the processes in the task cgroup"
+            );
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(task_id, error = %e, "could not kill the task cgroup");
+        }
+        _ => {}
+    }
 }
